@@ -1,0 +1,65 @@
+"""The `rlft` command. Heavy imports live inside the commands, so `rlft --help` is instant.
+
+    rlft train stage=sft model=tiny data=countdown run_dir=runs/sft max_steps=4
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rlft train stage=sft ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rlft.errors import UserError
+
+TRAIN_HELP = """\
+Compose a config with Hydra and run one stage. Overrides are Hydra's KEY=VALUE:
+
+  stage=sft            which stage (a file under configs/stage/)
+  model=tiny           model preset (configs/model/): tiny (built locally) or qwen2_5_0_5b
+  data=countdown       data preset (configs/data/)
+  peft=none|lora|qlora full fine-tuning, LoRA, or QLoRA (4-bit base + LoRA)
+  experiment=NAME      a bundle of overrides (configs/experiment/)
+  run_dir=DIR          where config.yaml, env.json, metrics.jsonl, model/ and DONE go
+  max_steps=N seed=N overwrite=true resume=true init_from=MODEL_DIR
+  stage.trainer.KEY=V  any field of the stage's TRL config (SFTConfig, ...); +KEY=V adds one
+
+Show the composed config without running: rlft train --cfg ...
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlft", description="Config-driven post-training for small language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = sub.add_parser(
+        "train",
+        help="run one stage (sft, ...) from a Hydra config",
+        description=TRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    train.add_argument("--config-dir", help="a folder of your own configs, searched after the shipped ones")
+    train.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    try:
+        if args.command == "train":
+            from rlft.train import train
+
+            return train(args.overrides, config_dir=args.config_dir, print_only=args.cfg)
+    except UserError as e:
+        print(f"rlft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlft: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

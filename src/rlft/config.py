@@ -1,0 +1,141 @@
+"""Compose and validate the Hydra config, turning every user mistake into one clear line.
+
+The config tree (configs/ at the repo top, shipped inside the package as rlft/configs) mirrors
+src/rlft/: stage/ <-> stages/, data/ <-> data.py and tasks/, model/ <-> models.py. Users add their
+own folder the Hydra way: `rlft train --config-dir DIR experiment=mine`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from pathlib import Path
+
+from rlft.errors import UserError
+
+CONFIG_NAME = "train"
+
+
+def config_dir() -> Path:
+    """The shipped config folder (a symlink to the top-level configs/ in a source checkout)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("rlft.bf16"):
+        # bf16 only where the hardware has it: TRL configs default to bf16=True, which silently
+        # autocasts on CPU. Resolved lazily, so composing a config never imports torch.
+        OmegaConf.register_new_resolver("rlft.bf16", _bf16_available)
+
+
+def _bf16_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def compose(overrides: list[str], extra_config_dir: str | None = None):
+    """The resolved-on-access DictConfig for `rlft train <overrides>`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    _register_resolvers()
+    overrides = list(overrides)
+    if extra_config_dir:
+        if not Path(extra_config_dir).is_dir():
+            raise UserError(f"--config-dir: {extra_config_dir!r} is not a directory")
+        overrides.append(f"hydra.searchpath=[file://{Path(extra_config_dir).resolve()}]")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="rlft"):
+        try:
+            return hydra_compose(CONFIG_NAME, overrides=overrides)
+        except MissingConfigException as e:
+            group, _, name = (e.missing_cfg_file or "").rpartition("/")
+            if e.options is not None and group:
+                raise UserError(f"unknown {group} {name!r}; choose one of: {', '.join(e.options)}") from None
+            raise UserError(_first_line(e)) from None
+        except OverrideParseException as e:
+            raise UserError(f"cannot parse override: {_first_line(e)}") from None
+        except ConfigCompositionException as e:
+            first = _first_line(e)
+            if first.startswith("Could not override '"):
+                key = first.split("'")[1]
+                raise UserError(_unknown_key_message(key, overrides)) from None
+            raise UserError(first) from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception or, failing that, of its cause."""
+    for err in (e, e.__cause__):
+        lines = [line for line in str(err or "").splitlines() if line.strip()]
+        if lines:
+            return lines[0]
+    return type(e).__name__
+
+
+def _unknown_key_message(key: str, overrides: list[str]) -> str:
+    """"unknown config key 'max_step' (did you mean 'max_steps'?)" for a misspelled override."""
+    from hydra import compose as hydra_compose
+
+    parent, _, leaf = key.rpartition(".")
+    try:
+        base = hydra_compose(CONFIG_NAME, overrides=[o for o in overrides if not o.startswith(key + "=")])
+        node = base.select(parent) if parent else base
+        known = list(node.keys()) if hasattr(node, "keys") else []
+    except Exception:
+        known = []
+    close = difflib.get_close_matches(leaf, known, n=1)
+    hint = f" (did you mean '{(parent + '.' if parent else '') + close[0]}'?)" if close else ""
+    return f"unknown config key '{key}'{hint}; to add a new key write +{key}=..."
+
+
+def validate(cfg) -> None:
+    """Bind every `_target_` node's arguments to its callable's signature, building nothing:
+    a misspelled TRL knob or builder argument is reported by its full key before any work."""
+    from omegaconf import DictConfig, ListConfig
+
+    def walk(node, path: str):
+        if isinstance(node, DictConfig):
+            target = node.get("_target_") if "_target_" in node else None
+            if target is not None:
+                _check_target(target, node, path)
+            for key in node.keys():
+                if isinstance(key, str) and key.startswith("_") and key.endswith("_"):
+                    continue
+                child = node._get_node(key)
+                if child is not None and not child._is_interpolation():
+                    walk(node[key], f"{path}.{key}" if path else str(key))
+        elif isinstance(node, ListConfig):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+
+    walk(cfg, "")
+
+
+def _check_target(target: str, node, path: str) -> None:
+    module_name, _, attr = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"{path}._target_: cannot import {target!r} ({e})") from None
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in node.keys():
+        if isinstance(key, str) and key.startswith("_") and key.endswith("_"):
+            continue
+        if key not in params:
+            close = difflib.get_close_matches(str(key), list(params), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"{path}.{key}: not an argument of {target}{hint}")

@@ -1,0 +1,137 @@
+"""Datasets for the stages, by hub name or local file, with schema checks that name the row.
+
+Each public function here is a `_target_` of a configs/data/ preset and returns a
+`datasets.Dataset` in TRL's conversational format ({"messages": [...]}).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlft.errors import UserError
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def load_rows(path: str, split: str = "train", max_rows: int | None = None) -> tuple[list[dict], str]:
+    """Rows of a local .jsonl/.json/.parquet file or a hub dataset split, and a label for errors.
+
+    A local JSONL file is parsed here, line by line, so a bad line is reported by number.
+    """
+    p = Path(path).expanduser()
+    if p.suffix in LOCAL_SUFFIXES or p.exists():
+        if not p.is_file():
+            raise UserError(f"data file {str(p)!r} does not exist")
+        if p.suffix == ".parquet":
+            import datasets
+
+            rows = datasets.Dataset.from_parquet(str(p)).to_list()
+        elif p.suffix == ".json":
+            rows = _read_json(p)
+        else:
+            rows = _read_jsonl(p, max_rows)
+        if not rows:
+            raise UserError(f"data file {str(p)!r} has no rows")
+        return rows[:max_rows] if max_rows else rows, str(p)
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(path, split=split)
+    except Exception as e:  # offline, unknown name, unknown split: all one line for the user
+        raise UserError(f"dataset {path!r} (split {split!r}) cannot be loaded: {str(e).splitlines()[0]}") from None
+    if max_rows:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    return ds.to_list(), f"{path}[{split}]"
+
+
+def _read_jsonl(p: Path, max_rows: int | None) -> list[dict]:
+    rows = []
+    try:
+        with p.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise UserError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+                if max_rows and len(rows) >= max_rows:
+                    break
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"data file {str(p)!r} cannot be read ({e})") from None
+    return rows
+
+
+def _read_json(p: Path) -> list[dict]:
+    try:
+        rows = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"data file {str(p)!r} cannot be read as JSON ({e})") from None
+    if not isinstance(rows, list):
+        raise UserError(f"data file {str(p)!r}: expected a JSON list of rows")
+    return rows
+
+
+def _require(row: dict, fields: tuple[str, ...], where: str, i: int) -> None:
+    for field in fields:
+        if field not in row or row[field] is None:
+            raise UserError(f"{where}: row {i}: missing required field {field!r}")
+
+
+def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + messages
+
+
+def first_turn_sft_dataset(path: str, split: str = "train", system_prompt: str | None = None,
+                           max_rows: int | None = None):
+    """SmolTalk-style chats ({"messages": [...]}) cut to the first user -> assistant turn."""
+    import datasets
+
+    rows, where = load_rows(path, split, max_rows)
+    out = []
+    for i, row in enumerate(rows):
+        _require(row, ("messages",), where, i)
+        msgs = [m for m in row["messages"] if isinstance(m, dict) and m.get("role") != "system"]
+        if len(msgs) < 2 or msgs[0].get("role") != "user" or msgs[1].get("role") != "assistant":
+            raise UserError(f"{where}: row {i}: 'messages' must start with a user turn then an assistant turn")
+        turn = [{"role": m["role"], "content": str(m.get("content", ""))} for m in msgs[:2]]
+        out.append({"messages": _with_system(turn, system_prompt)})
+    return datasets.Dataset.from_list(out)
+
+
+def query_completion_sft_dataset(path: str, split: str = "train", system_prompt: str | None = None,
+                                 max_rows: int | None = None, prompt_field: str = "query",
+                                 completion_field: str = "completion"):
+    """Rows {query, completion} (the Countdown warm-start set) as one user -> assistant turn."""
+    import datasets
+
+    rows, where = load_rows(path, split, max_rows)
+    out = []
+    for i, row in enumerate(rows):
+        _require(row, (prompt_field, completion_field), where, i)
+        turn = [
+            {"role": "user", "content": str(row[prompt_field])},
+            {"role": "assistant", "content": str(row[completion_field])},
+        ]
+        out.append({"messages": _with_system(turn, system_prompt)})
+    return datasets.Dataset.from_list(out)
+
+
+def countdown_sft_dataset(n: int, seed: int, template: str, think: bool, system_prompt: str | None,
+                          problems: dict, heldout: list[dict] | None = None, distinct: bool = True):
+    """`n` generated Countdown problems with solver-verified worked solutions, none of them in
+    `heldout` (the evaluation problems), as chat rows."""
+    import datasets
+
+    from rlft.tasks import countdown
+
+    exclude = {countdown.problem_key(p) for p in heldout or []}
+    rows = countdown.synthetic_sft_rows(
+        n, seed, template=template, think=think, system_prompt=system_prompt, progress=True,
+        exclude=exclude, distinct=distinct, **problems,
+    )
+    return datasets.Dataset.from_list([{"messages": r["messages"]} for r in rows])

@@ -1,0 +1,211 @@
+"""Models and tokenizers: the tiny local builder and the one loader every stage uses.
+
+`model=tiny` builds, once and deterministically, a small Qwen2-architecture causal LM and a BPE
+tokenizer trained here with Qwen2Tokenizer's own normaliser and pre-tokeniser (so transformers
+reloads it as Qwen2Tokenizer with the same ids), cached under `cache_dir`. `model=qwen2_5_0_5b`
+names the real hub model; both then go through `load_causal_lm`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rlft.errors import UserError
+
+# ChatML, as Qwen2.5 renders it, with {% generation %} around what the assistant says so TRL can
+# train on assistant tokens only (assistant_only_loss). No default system turn: data adds one.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{%- else %}"
+    "{{- message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TINY_BUILD_VERSION = 1  # bump when the builder's output changes for the same arguments
+
+
+def _tiny_corpus() -> list[str]:
+    """Text the tiny tokenizer is trained on: every task's prompts and answers, in chat form."""
+    from rlft.tasks import countdown
+
+    texts = [countdown.TINYZERO_PROMPT, "You are a helpful assistant."]
+    for template in ("compact", "tinyzero"):
+        for row in countdown.synthetic_sft_rows(300, seed=1234, template=template, num_counts=(3, 4)):
+            texts.append("".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in row["messages"]))
+    return texts
+
+
+def _train_tokenizer(vocab_size: int):
+    """A Qwen2Tokenizer whose BPE vocabulary and merges were learnt from `_tiny_corpus`."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    spec = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]]
+    qwen = Qwen2Tokenizer(
+        vocab=spec["vocab"],
+        merges=merges,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    qwen.chat_template = CHATML_TEMPLATE
+    return qwen
+
+
+def build_tiny_causal_lm(
+    cache_dir: str,
+    vocab_size: int = 1024,
+    hidden_size: int = 128,
+    intermediate_size: int = 512,
+    num_hidden_layers: int = 4,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    max_position_embeddings: int = 1024,
+    seed: int = 0,
+) -> str:
+    """Build (once) a tiny Qwen2ForCausalLM + tokenizer; return its directory.
+
+    The directory name hashes every argument, so a changed preset never reuses a stale build.
+    It is written to a temporary directory and renamed into place under a file lock, so parallel
+    ranks and interrupted builds never see a half-written model.
+    """
+    kwargs = {k: v for k, v in locals().items() if k != "cache_dir"}
+    kwargs["version"] = TINY_BUILD_VERSION
+    digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:10]
+    out = Path(cache_dir).expanduser() / f"tiny-qwen2-{digest}"
+    if (out / "config.json").exists():
+        return str(out)
+
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "config.json").exists():
+            return str(out)
+        import torch
+        from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+        tokenizer = _train_tokenizer(vocab_size)
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            num_key_value_heads=num_key_value_heads,
+            max_position_embeddings=max_position_embeddings,
+            tie_word_embeddings=True,
+            bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+        model.generation_config = GenerationConfig(
+            eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id
+        )
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "build.json").write_text(json.dumps(kwargs, indent=2, sort_keys=True) + "\n")
+        if out.exists():  # a partial build from an older, unlocked writer
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    return str(out)
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn: <|im_end|> (ChatML) and the tokenizer's eos."""
+    ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
+
+
+def resolve_model_path(model_cfg, init_from: str | None = None) -> str:
+    """Where to load the policy from: `init_from` if set, else the preset's build or path."""
+    if init_from:
+        if not Path(init_from).is_dir():
+            raise UserError(f"init_from: model dir {init_from!r} does not exist")
+        return str(init_from)
+    if model_cfg.get("build"):
+        from hydra.utils import instantiate
+
+        return instantiate(model_cfg.build)
+    return str(model_cfg.path)
+
+
+def load_tokenizer(path: str, chat_template: str | None = "chatml"):
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, path)
+    if chat_template == "chatml":
+        tokenizer.chat_template = CHATML_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, dtype: str = "float32", quantization: str | None = None, **kwargs):
+    """AutoModelForCausalLM from a local dir or hub id; `quantization="4bit"` for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if quantization == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=getattr(torch, dtype),
+        )
+    elif quantization:
+        raise UserError(f"model.quantization: unknown value {quantization!r} (use null or 4bit)")
+    return _from_pretrained(AutoModelForCausalLM, path, dtype=getattr(torch, dtype), **kwargs)
+
+
+def _from_pretrained(cls, path: str, **kwargs):
+    """cls.from_pretrained with the one-line error a user needs when the model is not there."""
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        if Path(path).is_dir():
+            raise UserError(f"model {path!r}: cannot load ({str(e).splitlines()[0]})") from e
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = "not a local directory and the hub is offline (HF_HUB_OFFLINE=1)" if offline else str(e).splitlines()[0]
+        raise UserError(f"model {path!r} not found: {why}") from e
+
+
+def merge_adapter(base_path: str, adapter_dir: str, dtype: str = "float32"):
+    """Base weights (full precision, even after QLoRA) with a LoRA adapter merged in."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_causal_lm(base_path, dtype), adapter_dir).merge_and_unload()

@@ -1,0 +1,79 @@
+"""Supervised fine-tuning with trl.SFTTrainer, loss on assistant tokens only.
+
+    rlft train stage=sft model=tiny data=countdown run_dir=runs/sft max_steps=4
+    rlft train stage=sft model=tiny data=countdown peft=lora        # LoRA, merged into model/
+    rlft train experiment=paper_math_sft                            # the paper's warm-start SFT
+
+Writes run_dir/model (AutoModelForCausalLM; with peft the adapter also goes to run_dir/adapter)
+and, when the data preset has held-out problems, run_dir/results.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def main(cfg) -> tuple[dict | None, dict]:
+    from hydra.utils import instantiate
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from rlft import models, rundir
+    from rlft.metrics import metrics_logger
+
+    # 1. seed, model and tokenizer (init_from beats the preset: start from an earlier run)
+    set_seed(cfg.seed)
+    path = models.resolve_model_path(cfg.model, cfg.init_from)
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
+    model = models.load_causal_lm(path, cfg.model.dtype, cfg.peft.quantization)
+
+    # 2. data (generated training sets exclude the held-out problems by config)
+    train_dataset = instantiate(cfg.data.sft_dataset, _convert_="all")
+    heldout = instantiate(cfg.data.heldout, _convert_="all") if cfg.data.get("heldout") else None
+
+    # 3. trainer: every TRL knob comes from stage.trainer (trl.SFTConfig)
+    args = instantiate(cfg.stage.trainer, _convert_="all")
+    peft_config = instantiate(cfg.peft.config, _convert_="all") if cfg.peft.get("config") else None
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[metrics_logger(cfg.run_dir)],
+    )
+
+    # 4. train (resume=true continues from the newest checkpoint in run_dir/checkpoints)
+    resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+
+    # 5. save: a full model in model/ either way, so every later stage loads it the same way;
+    # with peft the adapter goes to adapter/ and is merged into full-precision base weights
+    results = None
+    if rundir.is_main_process():
+        model_dir = Path(cfg.run_dir) / "model"
+        if peft_config is None:
+            trainer.save_model(str(model_dir))
+            policy = trainer.model
+        else:
+            adapter_dir = Path(cfg.run_dir) / "adapter"
+            trainer.model.save_pretrained(str(adapter_dir))
+            policy = models.merge_adapter(path, str(adapter_dir), cfg.model.dtype)
+            policy.save_pretrained(str(model_dir))
+        tokenizer.save_pretrained(str(model_dir))
+
+        # 6. evaluate on held-out problems with the task's verifier
+        if heldout:
+            from rlft.evaluate import countdown_heldout
+
+            results = {"heldout": countdown_heldout(policy, tokenizer, heldout, cfg.data.template,
+                                                    cfg.data.system_prompt, **cfg.data.eval)}
+    card = {
+        "base_model": path,
+        "train_rows": len(train_dataset),
+        "steps": trainer.state.global_step,
+        "learning_rate": args.learning_rate,
+        "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
+        "max_length": args.max_length,
+    }
+    return results, card
