@@ -81,19 +81,37 @@ def _first_line(e: BaseException) -> str:
 
 
 def _unknown_key_message(key: str, overrides: list[str]) -> str:
-    """"unknown config key 'max_step' (did you mean 'max_steps'?)" for a misspelled override."""
+    """"unknown config key 'max_step' (did you mean 'max_steps'?)" for a misspelled override.
+    Candidates are the node's keys plus, for a `_target_` node, its callable's arguments."""
     from hydra import compose as hydra_compose
+    from omegaconf import OmegaConf
 
     parent, _, leaf = key.rpartition(".")
+    known: list[str] = []
     try:
-        base = hydra_compose(CONFIG_NAME, overrides=[o for o in overrides if not o.startswith(key + "=")])
-        node = base.select(parent) if parent else base
-        known = list(node.keys()) if hasattr(node, "keys") else []
-    except Exception:
-        known = []
+        base = hydra_compose(CONFIG_NAME, overrides=[o for o in overrides if not o.lstrip("+~").startswith(key + "=")])
+        node = OmegaConf.select(base, parent) if parent else base
+        known = [str(k) for k in node.keys()]
+        if "_target_" in node:
+            known += list(_signature_params(node._target_) or [])
+    except Exception:  # a suggestion is a nicety: never let it hide the real error
+        pass
     close = difflib.get_close_matches(leaf, known, n=1)
     hint = f" (did you mean '{(parent + '.' if parent else '') + close[0]}'?)" if close else ""
     return f"unknown config key '{key}'{hint}; to add a new key write +{key}=..."
+
+
+def _signature_params(target: str) -> dict | None:
+    """The parameters of a `_target_` callable, or None if it takes **kwargs or has no signature."""
+    module_name, _, attr = target.rpartition(".")
+    obj = getattr(importlib.import_module(module_name), attr)
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return dict(params)
 
 
 def validate(cfg) -> None:
@@ -120,17 +138,11 @@ def validate(cfg) -> None:
 
 
 def _check_target(target: str, node, path: str) -> None:
-    module_name, _, attr = target.rpartition(".")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        params = _signature_params(target)
     except (ImportError, AttributeError) as e:
         raise UserError(f"{path}._target_: cannot import {target!r} ({e})") from None
-    try:
-        sig = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return
-    params = sig.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    if params is None:
         return
     for key in node.keys():
         if isinstance(key, str) and key.startswith("_") and key.endswith("_"):

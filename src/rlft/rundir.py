@@ -69,7 +69,7 @@ def start(cfg) -> Path:
         raise UserError(f"run_dir {str(run_dir)!r} is not writable ({e.strerror})") from None
     write_atomic(run_dir / "env.json", json.dumps(environment(cfg), indent=2) + "\n")
     # TensorBoard's default log dir is timestamped; pin it inside the run dir.
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     return run_dir
 
 

@@ -26,7 +26,7 @@ from math import gcd
 
 NO_ANSWER, FORMAT_SCORE, CORRECT = 0.0, 0.1, 1.0
 MAX_ANSWER_CHARS = 256  # longest answer parsed; longer is malformed (bounds the work per call)
-MAX_DEPTH = 32  # deepest nesting of parentheses / unary signs accepted
+MAX_DEPTH = 64  # deepest nesting of parentheses / unary signs accepted
 
 # The paper's prompt (TinyZero), and a compact one a tiny model learns quickly.
 TINYZERO_PROMPT = (
@@ -59,18 +59,24 @@ _TOKEN = re.compile(r"[0-9]+|[-+*/()]")
 def extract_answer(response: str) -> str | None:
     """The stripped text of the last <answer>...</answer> in `response`, or None.
 
-    "Last" means the last closing tag and the nearest opening tag before it; found with two
-    reverse scans, so the cost is linear in the response whatever it holds.
+    Same matches as TinyZero's `re.finditer(r"<answer>(.*?)</answer>")`, except that an answer
+    may span lines: a forward scan pairing each opening tag with the next closing tag, which
+    costs time linear in the response whatever it holds.
     """
     if not isinstance(response, str):
         return None
-    end = response.rfind(_CLOSE)
-    if end < 0:
-        return None
-    start = response.rfind(_OPEN, 0, end)
-    if start < 0:
-        return None
-    return response[start + len(_OPEN) : end].strip()
+    last = None
+    pos = 0
+    while True:
+        start = response.find(_OPEN, pos)
+        if start < 0:
+            break
+        end = response.find(_CLOSE, start + len(_OPEN))
+        if end < 0:
+            break
+        last = (start + len(_OPEN), end)
+        pos = end + len(_CLOSE)
+    return None if last is None else response[last[0] : last[1]].strip()
 
 
 class _Malformed(Exception):

@@ -1,0 +1,40 @@
+# rlft — every target creates .venv and installs on first use (make setup is idempotent).
+#   make demo        the tiny Countdown pipeline on CPU (offline), prints the results table
+#   make test        unit + smoke tests (offline, CPU)       make test-slow   the long checks
+#   make bench       verifier throughput
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUNS ?= runs
+
+# Everything here runs offline on CPU; TRITON_INTERPRET must be set before triton is imported.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=1
+
+.PHONY: setup demo tiny-math-sft test test-slow bench clean
+
+setup: $(STAMP)
+
+# torch is pinned in the same pip command: alone, pip would pick a multi-GB CUDA build on CPU boxes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test]" "torch==2.13.0"
+	touch $(STAMP)
+
+# make demo: Countdown SFT on the tiny model (table cell: tiny twin of the paper's math SFT row).
+demo: tiny-math-sft
+
+tiny-math-sft: setup
+	$(OFFLINE) $(BIN)/rlft train experiment=tiny_math_sft run_dir=$(RUNS)/tiny_math_sft overwrite=true
+
+test: setup
+	$(OFFLINE) $(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(OFFLINE) $(BIN)/python -m pytest -q -m slow
+
+bench: setup
+	$(BIN)/python scripts/bench_verifier.py
+
+clean:
+	rm -rf $(RUNS) .pytest_cache

@@ -1,0 +1,73 @@
+"""SFT through the real CLI entry on the tiny model: the CLI contract of the spine issue."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import changed_tensors, state_dict
+
+pytestmark = pytest.mark.smoke
+
+FAST = ["stage.trainer.logging_steps=1", "stage.trainer.warmup_steps=0", "stage.trainer.learning_rate=1e-3",
+        "data.heldout.n=8", "data.eval.max_new_tokens=16"]
+
+
+def test_sft_full_contract(tmp_path, run_cli, tiny_base):
+    run_dir = tmp_path / "sft"
+    code, out, err = run_cli("train", "stage=sft", "model=tiny", "data=countdown", f"run_dir={run_dir}",
+                             "max_steps=4", *FAST)
+    assert code == 0, err
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "results.json", "DONE", "model/README.md"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run_dir / "model")  # reloads
+    assert changed_tensors(state_dict(tiny_base), state_dict(run_dir / "model"))
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 4 and all(loss > 0 for loss in losses)
+
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["seed"] == 0 and env["packages"]["trl"] == "1.16.0"
+    assert "max_steps: 4" in (run_dir / "config.yaml").read_text()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["heldout"]["accuracy"]["n"] == 8
+    assert "| heldout | accuracy |" in out
+    assert "stage `sft`" in (run_dir / "model" / "README.md").read_text()
+
+    # A finished run dir is never overwritten without overwrite=true ...
+    before = (run_dir / "model" / "model.safetensors").read_bytes()
+    code, _, err = run_cli("train", "stage=sft", f"run_dir={run_dir}", "max_steps=1")
+    assert code == 2 and "finished run (DONE)" in err and "overwrite=true" in err
+    assert (run_dir / "model" / "model.safetensors").read_bytes() == before
+    # ... and a second stage can start from it.
+    code, _, err = run_cli("train", "stage=sft", f"run_dir={tmp_path / 'again'}", f"init_from={run_dir / 'model'}",
+                           "max_steps=1", "data.sft_dataset.n=64", *FAST)
+    assert code == 0, err
+    assert f"base model: `{run_dir / 'model'}`" in (tmp_path / "again" / "model" / "README.md").read_text()
+
+
+def test_sft_lora_saves_adapter_and_merged_model(tmp_path, run_cli, tiny_base):
+    run_dir = tmp_path / "lora"
+    code, _, err = run_cli("train", "stage=sft", "model=tiny", "data=countdown", "peft=lora", f"run_dir={run_dir}",
+                           "max_steps=4", "data.sft_dataset.n=256", *FAST)
+    assert code == 0, err
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    changed = changed_tensors(state_dict(tiny_base), state_dict(run_dir / "model"))
+    assert changed and all(any(p in k for p in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in changed)
+
+
+def test_sft_qlora_on_cpu(tmp_path, run_cli, tiny_base):
+    run_dir = tmp_path / "qlora"
+    code, _, err = run_cli("train", "stage=sft", "peft=qlora", f"run_dir={run_dir}", "max_steps=2",
+                           "data.sft_dataset.n=32", "stage.trainer.per_device_train_batch_size=4", *FAST)
+    assert code == 0, err
+    changed = changed_tensors(state_dict(tiny_base), state_dict(run_dir / "model"))
+    assert changed and all("proj" in k for k in changed)
+    assert "quantization: 4bit" in (Path(run_dir) / "config.yaml").read_text()

@@ -1,0 +1,55 @@
+"""The CLI: instant help, and user mistakes end with one line naming the culprit and exit 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+RLFT = str(Path(sys.executable).parent / "rlft")
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = (
+        "import sys, rlft.cli\n"
+        "for argv in (['--help'], ['train', '--help']):\n"
+        "    try: rlft.cli.main(argv)\n"
+        "    except SystemExit as e: assert e.code == 0\n"
+        "assert 'torch' not in sys.modules and 'trl' not in sys.modules and 'hydra' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "stage=sft" in out.stdout
+
+
+def test_console_script_unknown_stage_is_one_line_exit_2(tmp_path):
+    out = subprocess.run([RLFT, "train", "stage=nope"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'nope'" in lines[0] and "sft" in lines[0]
+
+
+def test_misspelled_key_exit_2(run_cli):
+    code, _, err = run_cli("train", "max_step=4")
+    assert code == 2 and err.count("\n") == 1 and "max_step" in err and "max_steps" in err
+
+
+def test_bad_trl_knob_exit_2_before_any_work(run_cli, tmp_path):
+    code, _, err = run_cli("train", "+stage.trainer.learnin_rate=1", f"run_dir={tmp_path / 'r'}")
+    assert code == 2 and "stage.trainer.learnin_rate" in err and "learning_rate" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_data_file_exit_2_and_no_done(run_cli, tmp_path):
+    missing = tmp_path / "nowhere.jsonl"
+    code, _, err = run_cli("train", "data=smoltalk", f"data.sft_dataset.path={missing}", f"run_dir={tmp_path / 'r'}")
+    assert code == 2 and str(missing) in err and err.count("\n") == 1
+    assert not (tmp_path / "r" / "DONE").exists()
+
+
+def test_unreachable_model_exit_2(run_cli, tmp_path):
+    code, _, err = run_cli("train", "model=qwen2_5_0_5b", f"run_dir={tmp_path / 'r'}")
+    assert code == 2 and "Qwen/Qwen2.5-0.5B" in err and "offline" in err
+
+
+def test_cfg_prints_the_composed_config(run_cli):
+    code, out, _ = run_cli("train", "--cfg", "stage=sft", "seed=5")
+    assert code == 0 and "seed: 5" in out and "_target_: trl.SFTConfig" in out

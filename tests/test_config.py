@@ -1,0 +1,89 @@
+"""Every shipped config composes and validates exactly as `rlft train` does, offline."""
+
+import pytest
+import yaml
+
+from rlft import config
+from rlft.errors import UserError
+
+GROUPS = ["stage", "model", "data", "peft", "experiment"]
+
+
+def all_overrides():
+    for group in GROUPS:
+        for name in config.group_options(group):
+            yield f"{group}={name}"
+
+
+@pytest.mark.parametrize("override", list(all_overrides()))
+def test_every_config_composes_resolves_and_validates(override):
+    from omegaconf import OmegaConf
+
+    cfg = config.compose([override, "run_dir=/tmp/x"])
+    config.validate(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["stage"]["name"] in config.group_options("stage")
+
+
+@pytest.mark.parametrize("path", sorted((config.config_dir() / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    ClusterConfig.from_yaml_file(str(path))
+
+
+def test_every_config_file_opens_with_its_command():
+    for path in sorted(config.config_dir().rglob("*.yaml")):
+        first = path.read_text().splitlines()[0]
+        if path.parent.name == "experiment":
+            first = path.read_text().splitlines()[1]
+        assert first.startswith("#"), path
+        if path.parent.name != "accelerate":
+            assert "rlft" in first or "make" in first, f"{path}: first comment should give the command"
+
+
+def test_trl_knobs_pass_through_and_convenience_keys_land():
+    from hydra.utils import instantiate
+
+    cfg = config.compose(["stage=sft", "max_steps=7", "seed=3", "run_dir=/tmp/r", "stage.trainer.learning_rate=0.1",
+                          "+stage.trainer.max_grad_norm=0.5"])
+    args = instantiate(cfg.stage.trainer)
+    assert type(args).__name__ == "SFTConfig"
+    assert (args.max_steps, args.seed, args.learning_rate, args.max_grad_norm) == (7, 3, 0.1, 0.5)
+    assert args.output_dir == "/tmp/r/checkpoints"
+    assert args.bf16 is False  # CPU: never silently autocast
+
+
+def test_unknown_stage_names_it_and_lists_stages():
+    with pytest.raises(UserError) as e:
+        config.compose(["stage=nope"])
+    msg = str(e.value)
+    assert "'nope'" in msg and "sft" in msg and "\n" not in msg
+
+
+def test_misspelled_key_is_named_with_a_suggestion():
+    with pytest.raises(UserError, match=r"unknown config key 'max_step' \(did you mean 'max_steps'\?\)"):
+        config.compose(["max_step=4"])
+    with pytest.raises(UserError, match=r"stage.trainer.learnin_rate.*did you mean 'stage.trainer.learning_rate'"):
+        config.compose(["stage.trainer.learnin_rate=1"])
+
+
+def test_added_trl_key_that_does_not_exist_fails_validation_by_full_key():
+    cfg = config.compose(["+stage.trainer.learnin_rate=1"])
+    with pytest.raises(UserError, match=r"stage\.trainer\.learnin_rate: not an argument of trl.SFTConfig"):
+        config.validate(cfg)
+
+
+def test_user_config_dir_is_searched(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nrun_name: mine\nseed: 11\n")
+    cfg = config.compose(["experiment=mine"], extra_config_dir=str(tmp_path))
+    assert (cfg.run_name, cfg.run_dir, cfg.seed) == ("mine", "runs/mine", 11)
+
+
+def test_config_dir_is_inside_the_package_and_is_the_top_level_one():
+    import rlft
+
+    assert config.config_dir().parent.resolve() == __import__("pathlib").Path(rlft.__file__).parent.resolve()
+    assert (config.config_dir() / "train.yaml").is_file()
+    yaml.safe_load((config.config_dir() / "train.yaml").read_text())

@@ -1,0 +1,75 @@
+"""Dataset loaders: schemas, local files, and errors that name the file and row."""
+
+import json
+
+import pytest
+
+from rlft import data
+from rlft.errors import UserError
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_first_turn_keeps_only_the_first_user_assistant_turn(tmp_path):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        {"role": "system", "content": "old system"},
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "more"}, {"role": "assistant", "content": "no"}]}])
+    ds = data.first_turn_sft_dataset(path, system_prompt="You are a helpful assistant.")
+    assert ds[0]["messages"] == [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+
+def test_query_completion_rows_become_one_turn(tmp_path):
+    path = write_jsonl(tmp_path / "warm.jsonl", [{"query": "Using the numbers [1, 2]...", "completion": "<answer>1+2</answer>"}])
+    ds = data.query_completion_sft_dataset(path)
+    assert [m["role"] for m in ds[0]["messages"]] == ["user", "assistant"]
+
+
+def test_parquet_is_read(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list([{"query": "q", "completion": "c"}]).to_parquet(str(tmp_path / "w.parquet"))
+    assert len(data.query_completion_sft_dataset(str(tmp_path / "w.parquet"))) == 1
+
+
+def test_bad_rows_are_named_by_file_and_row(tmp_path):
+    path = write_jsonl(tmp_path / "warm.jsonl", [{"query": "q", "completion": "c"}, {"query": "q"}])
+    with pytest.raises(UserError, match=r"warm.jsonl: row 1: missing required field 'completion'"):
+        data.query_completion_sft_dataset(path)
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "assistant", "content": "x"}]}])
+    with pytest.raises(UserError, match=r"chat.jsonl: row 0: 'messages' must start with a user turn"):
+        data.first_turn_sft_dataset(path)
+
+
+def test_malformed_json_line_is_named(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"query": "q", "completion": "c"}\n{"query": oops}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2: not valid JSON"):
+        data.load_rows(str(tmp_path / "bad.jsonl"))
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(UserError, match=r"data file '.*missing.jsonl' does not exist"):
+        data.load_rows(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(UserError, match="has no rows"):
+        data.load_rows(str(tmp_path / "empty.jsonl"))
+
+
+def test_hub_name_offline_is_one_line():
+    with pytest.raises(UserError, match=r"dataset 'nobody/nothing' \(split 'train'\) cannot be loaded"):
+        data.load_rows("nobody/nothing")
+
+
+def test_countdown_training_rows_exclude_heldout():
+    from rlft.tasks import countdown
+
+    problems = dict(num_counts=[3], min_num=1, max_num=6, min_target=1, max_target=30)
+    heldout = countdown.generate_problems(40, seed=9, **problems)
+    ds = data.countdown_sft_dataset(500, 0, "compact", True, None, problems, heldout=heldout, distinct=False)
+    shown = {m["content"] for row in ds for m in row["messages"] if m["role"] == "user"}
+    assert not shown & {countdown.make_prompt(p["nums"], p["target"], "compact") for p in heldout}
