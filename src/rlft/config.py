@@ -151,3 +151,20 @@ def _check_target(target: str, node, path: str) -> None:
             close = difflib.get_close_matches(str(key), list(params), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(f"{path}.{key}: not an argument of {target}{hint}")
+
+
+def build(node, **kwargs):
+    """hydra.utils.instantiate(node, _convert_="all"), letting a UserError raised inside a
+    `_target_` (a bad data file, a missing model) reach the CLI as itself, not wrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise

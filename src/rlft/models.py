@@ -156,9 +156,9 @@ def resolve_model_path(model_cfg, init_from: str | None = None) -> str:
             raise UserError(f"init_from: model dir {init_from!r} does not exist")
         return str(init_from)
     if model_cfg.get("build"):
-        from hydra.utils import instantiate
+        from rlft.config import build
 
-        return instantiate(model_cfg.build)
+        return build(model_cfg.build)
     return str(model_cfg.path)
 
 

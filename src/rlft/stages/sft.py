@@ -14,26 +14,27 @@ from pathlib import Path
 
 
 def main(cfg) -> tuple[dict | None, dict]:
-    from hydra.utils import instantiate
     from transformers import set_seed
     from trl import SFTTrainer
 
     from rlft import models, rundir
+    from rlft.config import build
     from rlft.metrics import metrics_logger
 
-    # 1. seed, model and tokenizer (init_from beats the preset: start from an earlier run)
+    # 1. seed and data first, so a bad data file fails before any model loads
+    # (generated training sets exclude the held-out problems by config)
     set_seed(cfg.seed)
+    train_dataset = build(cfg.data.sft_dataset)
+    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") else None
+
+    # 2. model and tokenizer (init_from beats the preset: start from an earlier run)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
     model = models.load_causal_lm(path, cfg.model.dtype, cfg.peft.quantization)
 
-    # 2. data (generated training sets exclude the held-out problems by config)
-    train_dataset = instantiate(cfg.data.sft_dataset, _convert_="all")
-    heldout = instantiate(cfg.data.heldout, _convert_="all") if cfg.data.get("heldout") else None
-
     # 3. trainer: every TRL knob comes from stage.trainer (trl.SFTConfig)
-    args = instantiate(cfg.stage.trainer, _convert_="all")
-    peft_config = instantiate(cfg.peft.config, _convert_="all") if cfg.peft.get("config") else None
+    args = build(cfg.stage.trainer)
+    peft_config = build(cfg.peft.config) if cfg.peft.get("config") else None
     trainer = SFTTrainer(
         model=model,
         args=args,
