@@ -61,3 +61,13 @@ def test_unreachable_model_exit_2(run_cli, tmp_path):
 def test_cfg_prints_the_composed_config(run_cli):
     code, out, _ = run_cli("train", "--cfg", "stage=sft", "seed=5")
     assert code == 0 and "seed: 5" in out and "_target_: trl.SFTConfig" in out
+
+
+def test_run_dir_that_is_not_ours_is_never_touched(run_cli, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "config.yaml.bak").write_text("keep me")
+    (precious / "notes.txt").write_text("keep me")
+    code, _, err = run_cli("train", f"run_dir={precious}", "overwrite=true", "max_steps=1")
+    assert code == 2 and "not an rlft run dir" in error_line(err)
+    assert sorted(p.name for p in precious.iterdir()) == ["config.yaml.bak", "notes.txt"]

@@ -49,6 +49,10 @@ def start(cfg) -> Path:
     from omegaconf import OmegaConf
 
     run_dir = Path(cfg.run_dir)
+    if run_dir.is_file() or (run_dir.is_dir() and any(run_dir.iterdir())
+                             and not any((run_dir / f).exists() for f in ("config.yaml", "env.json", "DONE"))):
+        # never write into (or, with overwrite=true, delete) a folder rlft did not make
+        raise UserError(f"run_dir {str(run_dir)!r} exists and is not an rlft run dir; choose another run_dir")
     done = run_dir / "DONE"
     if done.exists() and not cfg.overwrite:
         raise UserError(f"run_dir {str(run_dir)!r} holds a finished run (DONE); pass overwrite=true to replace it")
@@ -64,6 +68,9 @@ def start(cfg) -> Path:
         if cfg.overwrite and run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:  # a fresh start: drop what an earlier, unfinished attempt logged
+            for stale in ("metrics.jsonl", "results.json"):
+                (run_dir / stale).unlink(missing_ok=True)
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     except OSError as e:
         raise UserError(f"run_dir {str(run_dir)!r} is not writable ({e.strerror})") from None
