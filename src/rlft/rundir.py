@@ -56,7 +56,8 @@ def start(cfg) -> Path:
     done = run_dir / "DONE"
     if done.exists() and not cfg.overwrite:
         raise UserError(f"run_dir {str(run_dir)!r} holds a finished run (DONE); pass overwrite=true to replace it")
-    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"))
+    checkpoints = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.name[11:].isdigit()),
+                         key=lambda p: int(p.name[11:]))
     if checkpoints and not (cfg.resume or cfg.overwrite):
         raise UserError(
             f"run_dir {str(run_dir)!r} holds an unfinished run ({checkpoints[-1].name}); "

@@ -71,3 +71,48 @@ def test_sft_qlora_on_cpu(tmp_path, run_cli, tiny_base):
     changed = changed_tensors(state_dict(tiny_base), state_dict(run_dir / "model"))
     assert changed and all("proj" in k for k in changed)
     assert "quantization: 4bit" in (Path(run_dir) / "config.yaml").read_text()
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_sft_on_local_smoltalk_and_warmstart_files(tmp_path, run_cli):
+    chats = write_jsonl(tmp_path / "smol.jsonl", [{"messages": [
+        {"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}."},
+        {"role": "user", "content": "again"}, {"role": "assistant", "content": "no"}]} for i in range(16)])
+    code, _, err = run_cli("train", "data=smoltalk", f"data.sft_dataset.path={chats}", f"run_dir={tmp_path / 'smol'}",
+                           "max_steps=2", "stage.trainer.per_device_train_batch_size=4", *FAST[:3])
+    assert code == 0, err
+    assert not (tmp_path / "smol" / "results.json").exists()  # no verifier for chat data
+
+    warm = write_jsonl(tmp_path / "warm.jsonl", [{"query": f"Using the numbers [{i}, 1], make {i + 1}.",
+                                                  "completion": f"<answer>{i}+1</answer>"} for i in range(16)])
+    code, _, err = run_cli("train", "data=countdown_warmstart", f"data.sft_dataset.path={warm}",
+                           f"run_dir={tmp_path / 'warm'}", "max_steps=2", "stage.trainer.per_device_train_batch_size=4",
+                           *FAST)
+    assert code == 0, err
+    assert json.loads((tmp_path / "warm" / "results.json").read_text())["heldout"]["accuracy"]["n"] == 8
+
+
+def test_unfinished_run_needs_resume_or_overwrite_and_resumes_exactly(tmp_path, run_cli):
+    import shutil
+
+    run_dir = tmp_path / "r"
+    args = ["train", f"run_dir={run_dir}", "max_steps=2", "stage.trainer.save_steps=1", "data.sft_dataset.n=64",
+            "stage.trainer.per_device_train_batch_size=4", *FAST]
+    assert run_cli(*args)[0] == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    step2_loss = next(r["loss"] for r in records if r["step"] == 2 and "loss" in r)
+    (run_dir / "DONE").unlink()  # as if killed after checkpoint-1, before step 2 was saved
+    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-2")
+    code, _, err = run_cli(*args)
+    assert code == 2 and "unfinished run (checkpoint-1)" in err and "resume=true" in err
+    code, _, err = run_cli(*args, "resume=true")
+    assert code == 0, err
+    assert (run_dir / "DONE").exists()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in records if "loss" in r]
+    assert [r["step"] for r in losses] == [1, 2, 2]  # step 1 not trained again
+    assert losses[-1]["loss"] == step2_loss  # same data position, weights, optimizer and RNG
