@@ -48,17 +48,15 @@ def main(cfg) -> tuple[dict | None, dict]:
     resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
 
-    # 5. save: a full model in model/ either way, so every later stage loads it the same way;
-    # with peft the adapter goes to adapter/ and is merged into full-precision base weights
+    # 5. save: a full model in model/ either way, so every later stage loads it the same way.
+    # Every rank calls save_model (ZeRO-3 gathers the shards there); only the main one writes.
+    model_dir = Path(cfg.run_dir) / "model"
+    adapter_dir = Path(cfg.run_dir) / "adapter"
+    trainer.save_model(str(model_dir if peft_config is None else adapter_dir))
     results = None
     if rundir.is_main_process():
-        model_dir = Path(cfg.run_dir) / "model"
-        if peft_config is None:
-            trainer.save_model(str(model_dir))
-            policy = trainer.model
-        else:
-            adapter_dir = Path(cfg.run_dir) / "adapter"
-            trainer.model.save_pretrained(str(adapter_dir))
+        policy = trainer.model
+        if peft_config is not None:  # merge the adapter into full-precision base weights
             policy = models.merge_adapter(path, str(adapter_dir), cfg.model.dtype)
             policy.save_pretrained(str(model_dir))
         tokenizer.save_pretrained(str(model_dir))
