@@ -10,7 +10,7 @@ Scoring follows TinyZero's `countdown.compute_score` (the paper's verifier):
   0.1  the last answer is malformed, does not use exactly the given numbers (as a multiset),
        divides by zero, or evaluates to something else
   1.0  it evaluates to the target (|value - target| < 1e-5)
-Model output is hostile input, so unlike TinyZero this never calls eval(): a small parser over
+Model output is hostile input, so unlike TinyZero this never runs it as Python: a small parser over
 exact rationals accepts ASCII integers, + - * /, unary +/-, parentheses and whitespace, with the
 answer length and nesting depth bounded. Deliberate differences from Python's eval, each scoring
 0.1 where TinyZero could give 1.0: `**` (power), decimals and non-ASCII digits are malformed.
