@@ -48,6 +48,13 @@ def tiny_base(rlft_cache) -> str:
     return instantiate(compose(["model=tiny"]).model.build)
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def state_dict(path: str) -> dict:
     from safetensors.torch import load_file
 

@@ -1,16 +1,11 @@
 """Dataset loaders: schemas, local files, and errors that name the file and row."""
 
-import json
 
 import pytest
+from conftest import write_jsonl
 
 from rlft import data
 from rlft.errors import UserError
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def test_first_turn_keeps_only_the_first_user_assistant_turn(tmp_path):
@@ -18,7 +13,7 @@ def test_first_turn_keeps_only_the_first_user_assistant_turn(tmp_path):
         {"role": "system", "content": "old system"},
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "more"}, {"role": "assistant", "content": "no"}]}])
-    ds = data.first_turn_sft_dataset(path, system_prompt="You are a helpful assistant.")
+    ds = data.first_turn_sft_dataset(str(path), system_prompt="You are a helpful assistant.")
     assert ds[0]["messages"] == [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]

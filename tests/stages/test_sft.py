@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import changed_tensors, state_dict
+from conftest import changed_tensors, state_dict, write_jsonl
 
 pytestmark = pytest.mark.smoke
 
@@ -71,11 +71,6 @@ def test_sft_qlora_on_cpu(tmp_path, run_cli, tiny_base):
     changed = changed_tensors(state_dict(tiny_base), state_dict(run_dir / "model"))
     assert changed and all("proj" in k for k in changed)
     assert "quantization: 4bit" in (Path(run_dir) / "config.yaml").read_text()
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_sft_on_local_smoltalk_and_warmstart_files(tmp_path, run_cli):
