@@ -1,6 +1,5 @@
 """Dataset loaders: schemas, local files, and errors that name the file and row."""
 
-
 import pytest
 from conftest import write_jsonl
 
