@@ -11,7 +11,7 @@ RUNS ?= runs
 # Everything here runs offline on CPU; TRITON_INTERPRET must be set before triton is imported.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=1
 
-.PHONY: setup demo tiny-math-sft test test-slow bench clean
+.PHONY: setup demo tiny-math-sft tiny-math-bon test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -21,11 +21,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[test]" "torch==2.13.0"
 	touch $(STAMP)
 
-# make demo: Countdown SFT on the tiny model (table cell: tiny twin of the paper's math SFT row).
-demo: tiny-math-sft
+# make demo: Countdown SFT on the tiny model, then best-of-16 with the verifier on it
+# (table cells: tiny twins of the paper's math rows "SFT" and "SFT + best-of-N").
+demo: tiny-math-sft tiny-math-bon
 
 tiny-math-sft: setup
 	$(OFFLINE) $(BIN)/rlft train experiment=tiny_math_sft run_dir=$(RUNS)/tiny_math_sft overwrite=true
+
+tiny-math-bon: tiny-math-sft
+	$(OFFLINE) $(BIN)/rlft train experiment=tiny_math_bon init_from=$(RUNS)/tiny_math_sft/model \
+		run_dir=$(RUNS)/tiny_math_bon overwrite=true
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q

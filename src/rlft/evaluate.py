@@ -65,6 +65,13 @@ def generate(
     return completions
 
 
+def _countdown_prompts(tokenizer, problems: list[dict], template: str, system_prompt: str | None) -> list[str]:
+    from rlft.tasks import countdown
+
+    users = [countdown.make_prompt(p["nums"], p["target"], template) for p in problems]
+    return chat_prompts(tokenizer, users, system_prompt)
+
+
 def countdown_heldout(model, tokenizer, problems: list[dict], template: str, system_prompt: str | None,
                       max_new_tokens: int = 64, batch_size: int = 64) -> dict:
     """Greedy answers on held-out Countdown problems, scored by the TinyZero verifier.
@@ -74,9 +81,8 @@ def countdown_heldout(model, tokenizer, problems: list[dict], template: str, sys
     """
     from rlft.tasks import countdown
 
-    users = [countdown.make_prompt(p["nums"], p["target"], template) for p in problems]
-    responses = generate(model, tokenizer, chat_prompts(tokenizer, users, system_prompt), max_new_tokens,
-                         batch_size, desc="countdown held-out")
+    responses = generate(model, tokenizer, _countdown_prompts(tokenizer, problems, template, system_prompt),
+                         max_new_tokens, batch_size, desc="countdown held-out")
     scores = [countdown.score(r, p["nums"], p["target"]) for r, p in zip(responses, problems)]
     n = len(scores)
     correct = sum(s == countdown.CORRECT for s in scores)
@@ -89,3 +95,41 @@ def countdown_heldout(model, tokenizer, problems: list[dict], template: str, sys
         "samples": [{"nums": p["nums"], "target": p["target"], "response": r, "score": s}
                     for p, r, s in list(zip(problems, responses, scores))[:20]],
     }
+
+
+def countdown_best_of_n(model, tokenizer, problems: list[dict], template: str, system_prompt: str | None,
+                        n: int, temperature: float = 1.0, sweep: list[int] | None = None,
+                        max_new_tokens: int = 64, batch_size: int = 64) -> dict:
+    """N sampled answers per held-out problem; the verifier picks the best of any n of them.
+
+    The verifier needs only the numbers and target the prompt already holds, so the selection is
+    deployable at inference time, yet it is pass@n-like: pass@1 is reported beside it. Every
+    best-of-n (n in `sweep`, up to N) comes from the same N samples through unbiased estimators
+    over subsets (pass@k for exact match, the expected maximum for the TinyZero score), averaged
+    over prompts with a normal 95% interval.
+    """
+    from rlft.metrics import expected_max_at_k, pass_at_k
+    from rlft.tasks import countdown
+
+    prompts = _countdown_prompts(tokenizer, problems, template, system_prompt)
+    responses = generate(model, tokenizer, prompts, max_new_tokens, max(1, batch_size // n), do_sample=True,
+                         temperature=temperature, num_return_sequences=n, desc=f"countdown best-of-{n}")
+    per_prompt = [
+        [countdown.score(r, p["nums"], p["target"]) for r in responses[i * n : (i + 1) * n]]
+        for i, p in enumerate(problems)
+    ]
+    sweep = sorted({k for k in (sweep or _powers_of_two(n)) if 1 <= k <= n} | {n})
+    out = {}
+    for k in sweep:
+        exact = [pass_at_k(n, sum(s == countdown.CORRECT for s in scores), k) for scores in per_prompt]
+        mean = [expected_max_at_k(scores, k) for scores in per_prompt]
+        name = "pass@1" if k == 1 else f"best_of_{k}"
+        out[f"{name}_accuracy"] = {"value": sum(exact) / len(exact), "ci95": list(mean_interval(exact)), "n": len(exact)}
+        out[f"{name}_mean_score"] = {"value": sum(mean) / len(mean), "ci95": list(mean_interval(mean)), "n": len(mean)}
+    out.update({"samples_per_prompt": n, "temperature": temperature, "num_prompts": len(problems),
+                "selector": "countdown verifier"})
+    return out
+
+
+def _powers_of_two(n: int) -> list[int]:
+    return [2**i for i in range(n.bit_length()) if 2**i <= n]

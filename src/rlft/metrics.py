@@ -61,3 +61,20 @@ def metrics_logger(run_dir: str):
                 f.write(json.dumps(record, default=float) + "\n")
 
     return MetricsLogger()
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased P(at least one of k samples is correct) from n samples with c correct
+    (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def expected_max_at_k(scores: list[float], k: int) -> float:
+    """Unbiased E[max score of k samples drawn without replacement] from n >= k samples: with
+    scores sorted ascending, the i-th (1-based) is the maximum of C(i-1, k-1) of the C(n, k) subsets."""
+    s = sorted(scores)
+    n = len(s)
+    total = math.comb(n, k)
+    return sum(s[i] * math.comb(i, k - 1) for i in range(k - 1, n)) / total
