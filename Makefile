@@ -1,7 +1,7 @@
 # rlft — every target creates .venv and installs on first use (make setup is idempotent).
 #   make demo        the tiny Countdown pipeline on CPU (offline), prints the results table
 #   make test        unit + smoke tests (offline, CPU)       make test-slow   the long checks
-#   make bench       verifier throughput
+#   make bench       verifier throughput; batched best-of-N sampling vs one at a time
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -40,6 +40,7 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python scripts/bench_verifier.py
+	$(OFFLINE) $(BIN)/python scripts/bench_bon.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache
