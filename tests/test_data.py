@@ -67,3 +67,29 @@ def test_countdown_training_rows_exclude_heldout():
     ds = data.countdown_sft_dataset(500, 0, "compact", True, None, problems, heldout=heldout, distinct=False)
     shown = {m["content"] for row in ds for m in row["messages"] if m["role"] == "user"}
     assert not shown & {countdown.make_prompt(p["nums"], p["target"], "compact") for p in heldout}
+
+
+def ultrafeedback_row(i, **over):
+    row = {"prompt": f"q{i}", "score_chosen": 8.0, "score_rejected": 3.0,
+           "chosen": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "good"}],
+           "rejected": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "bad"}]}
+    return {**row, **over}
+
+
+def test_ultrafeedback_rows_become_trl_preference_rows(tmp_path):
+    path = write_jsonl(tmp_path / "uf.jsonl", [ultrafeedback_row(0)])
+    row = data.ultrafeedback_preference_dataset(str(path), system_prompt="You are a helpful assistant.")[0]
+    assert row["prompt"] == [{"role": "system", "content": "You are a helpful assistant."},
+                             {"role": "user", "content": "q0"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "good"}]
+    assert row["rejected"] == [{"role": "assistant", "content": "bad"}]
+    assert (row["score_chosen"], row["score_rejected"]) == (8.0, 3.0)
+
+
+def test_ultrafeedback_schema_errors_name_the_row(tmp_path):
+    path = write_jsonl(tmp_path / "uf.jsonl", [ultrafeedback_row(0), ultrafeedback_row(1, score_rejected=None)])
+    with pytest.raises(UserError, match=r"uf.jsonl: row 1: missing required field 'score_rejected'"):
+        data.ultrafeedback_preference_dataset(str(path))
+    path = write_jsonl(tmp_path / "uf2.jsonl", [ultrafeedback_row(0, rejected=[{"role": "user", "content": "x"}])])
+    with pytest.raises(UserError, match=r"uf2.jsonl: row 0: 'rejected' must be a message list ending with an assistant"):
+        data.ultrafeedback_preference_dataset(str(path))

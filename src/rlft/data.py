@@ -135,3 +135,53 @@ def countdown_sft_dataset(n: int, seed: int, template: str, think: bool, system_
         exclude=exclude, distinct=distinct, **problems,
     )
     return datasets.Dataset.from_list([{"messages": r["messages"]} for r in rows])
+
+
+def _preference_row(prompt: list[dict], chosen: str, rejected: str, score_chosen=None, score_rejected=None) -> dict:
+    """TRL's conversational preference format, plus the scores a regression reward model needs."""
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "score_chosen": None if score_chosen is None else float(score_chosen),
+            "score_rejected": None if score_rejected is None else float(score_rejected)}
+
+
+def ultrafeedback_preference_dataset(path: str, split: str = "train_prefs", system_prompt: str | None = None,
+                                     max_rows: int | None = None):
+    """UltraFeedback binarized rows (chosen / rejected message lists, score_chosen,
+    score_rejected) as TRL preference rows: a shared prompt and one assistant turn each."""
+    import datasets
+
+    rows, where = load_rows(path, split, max_rows)
+    out = []
+    for i, row in enumerate(rows):
+        _require(row, ("chosen", "rejected", "score_chosen", "score_rejected"), where, i)
+        chosen, rejected = row["chosen"], row["rejected"]
+        for field, msgs in (("chosen", chosen), ("rejected", rejected)):
+            if not isinstance(msgs, list) or len(msgs) < 2 or msgs[-1].get("role") != "assistant":
+                raise UserError(f"{where}: row {i}: {field!r} must be a message list ending with an assistant turn")
+        prompt = [{"role": m["role"], "content": str(m["content"])} for m in chosen[:-1] if m.get("role") != "system"]
+        out.append(_preference_row(_with_system(prompt, system_prompt), str(chosen[-1]["content"]),
+                                   str(rejected[-1]["content"]), row["score_chosen"], row["score_rejected"]))
+    return datasets.Dataset.from_list(out)
+
+
+def ifcheck_preference_dataset(n: int, seed: int, system_prompt: str | None = None,
+                               heldout: list[dict] | None = None):
+    """Generated ifcheck pairs (chosen satisfies every constraint, rejected breaks one), none
+    with a held-out prompt."""
+    import datasets
+
+    from rlft.tasks import ifcheck
+
+    rows = ifcheck.preference_rows(n, seed, exclude={p["prompt"] for p in heldout or []})
+    return datasets.Dataset.from_list([
+        _preference_row(_with_system([{"role": "user", "content": r["prompt"]}], system_prompt),
+                        r["chosen"], r["rejected"], r["score_chosen"], r["score_rejected"]) for r in rows])
+
+
+def ifcheck_sft_dataset(n: int, seed: int, system_prompt: str | None = None, heldout: list[dict] | None = None):
+    """The chosen side of generated ifcheck pairs as chat rows (SFT before DPO)."""
+    import datasets
+
+    pairs = ifcheck_preference_dataset(n, seed, system_prompt, heldout)
+    return datasets.Dataset.from_list([{"messages": r["prompt"] + r["chosen"]} for r in pairs])

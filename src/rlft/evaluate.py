@@ -133,3 +133,28 @@ def countdown_best_of_n(model, tokenizer, problems: list[dict], template: str, s
 
 def _powers_of_two(n: int) -> list[int]:
     return [2**i for i in range(n.bit_length()) if 2**i <= n]
+
+
+def ifcheck_heldout(model, tokenizer, prompts: list[dict], system_prompt: str | None = None,
+                    max_new_tokens: int = 64, batch_size: int = 64) -> dict:
+    """Greedy responses to held-out ifcheck prompts, judged by the rule checker: the mean
+    fraction of constraints satisfied and the rate of fully satisfied prompts, with per-prompt
+    judge scores kept for win-rates against another model."""
+    import json
+
+    from rlft.tasks import ifcheck
+
+    responses = generate(model, tokenizer, chat_prompts(tokenizer, [p["prompt"] for p in prompts], system_prompt),
+                         max_new_tokens, batch_size, desc="ifcheck held-out")
+    scores = [ifcheck.judge(r, json.loads(p["constraints"])) for r, p in zip(responses, prompts)]
+    n = len(scores)
+    full = sum(s == 1.0 for s in scores)
+    return {
+        "satisfied": {"value": sum(scores) / n, "ci95": list(mean_interval(scores)), "n": n},
+        "all_satisfied": {"value": full / n, "ci95": list(wilson_interval(full, n)), "n": n},
+        "decoding": "greedy",
+        "judge": "ifcheck rules",
+        "scores": scores,
+        "samples": [{"prompt": p["prompt"], "response": r, "score": s}
+                    for p, r, s in list(zip(prompts, responses, scores))[:20]],
+    }

@@ -20,15 +20,28 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def mean_interval(values: list[float], z: float = Z95) -> tuple[float, float]:
-    """Normal-approximation 95% interval for a mean (sample standard deviation)."""
+def mean_interval(values: list[float], z: float = Z95, bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+    """Normal-approximation 95% interval for a mean (sample standard deviation), clipped to the
+    range the values can take (every rlft score lies in [0, 1])."""
     n = len(values)
     if n < 2:
-        return (values[0], values[0]) if n else (0.0, 0.0)
+        return (values[0], values[0]) if n else bounds
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     half = z * math.sqrt(var / n)
-    return mean - half, mean + half
+    return max(bounds[0], mean - half), min(bounds[1], mean + half)
+
+
+def win_rate(scores: list[float], reference_scores: list[float]) -> dict:
+    """Per-prompt comparison of two models' judge scores: wins count 1, ties 1/2, losses 0
+    (ties are common with a rule judge, so they are reported too); normal 95% interval."""
+    outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, reference_scores, strict=True)]
+    n = len(outcomes)
+    return {
+        "win_rate": {"value": sum(outcomes) / n, "ci95": list(mean_interval(outcomes)), "n": n},
+        "wins": sum(o == 1.0 for o in outcomes), "ties": sum(o == 0.5 for o in outcomes),
+        "losses": sum(o == 0.0 for o in outcomes),
+    }
 
 
 def results_table(results: dict, title: str = "") -> str:

@@ -31,17 +31,23 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-TINY_BUILD_VERSION = 1  # bump when the builder's output changes for the same arguments
+TINY_BUILD_VERSION = 2  # bump when the builder's output changes for the same arguments
 
 
 def _tiny_corpus() -> list[str]:
     """Text the tiny tokenizer is trained on: every task's prompts and answers, in chat form."""
-    from rlft.tasks import countdown
+    from rlft.tasks import countdown, ifcheck
+
+    def chat(messages):
+        return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
 
     texts = [countdown.TINYZERO_PROMPT, "You are a helpful assistant."]
     for template in ("compact", "tinyzero"):
         for row in countdown.synthetic_sft_rows(300, seed=1234, template=template, num_counts=(3, 4)):
-            texts.append("".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in row["messages"]))
+            texts.append(chat(row["messages"]))
+    for row in ifcheck.preference_rows(600, seed=1234):
+        for side in ("chosen", "rejected"):
+            texts.append(chat([{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row[side]}]))
     return texts
 
 
@@ -209,3 +215,22 @@ def merge_adapter(base_path: str, adapter_dir: str, dtype: str = "float32"):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(load_causal_lm(base_path, dtype), adapter_dir).merge_and_unload()
+
+
+def save_trained(trainer, run_dir: str, base_path: str, tokenizer, dtype: str, peft: bool):
+    """Save a trained policy as run_dir/model (full weights, AutoModelForCausalLM) and return it
+    on the main process (None elsewhere). Every rank must call this: save_model gathers ZeRO-3
+    shards. With peft the adapter goes to run_dir/adapter and is merged into full-precision base
+    weights, so every later stage loads any model dir the same way."""
+    from rlft.rundir import is_main_process
+
+    model_dir, adapter_dir = Path(run_dir) / "model", Path(run_dir) / "adapter"
+    trainer.save_model(str(adapter_dir if peft else model_dir))
+    if not is_main_process():
+        return None
+    policy = trainer.model
+    if peft:
+        policy = merge_adapter(base_path, str(adapter_dir), dtype)
+        policy.save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    return policy

@@ -22,7 +22,7 @@ def test_best_of_k_estimators_equal_brute_force_over_subsets(scores):
 def test_bon_cli_contract(tmp_path, run_cli, tiny_base):
     run_dir = tmp_path / "bon"
     code, out, err = run_cli("train", "stage=bon", "model=tiny", "data=countdown", f"init_from={tiny_base}",
-                             "n=4", "num_prompts=6", f"run_dir={run_dir}", "data.eval.max_new_tokens=8",
+                             "n=4", "num_prompts=6", f"run_dir={run_dir}", "data.evaluate.max_new_tokens=8",
                              "stage.sweep=[1,2]")
     assert code == 0, err
     results = json.loads((run_dir / "results.json").read_text())

@@ -9,7 +9,7 @@ from conftest import changed_tensors, state_dict, write_jsonl
 pytestmark = pytest.mark.smoke
 
 FAST = ["stage.trainer.logging_steps=1", "stage.trainer.warmup_steps=0", "stage.trainer.learning_rate=1e-3",
-        "data.heldout.n=8", "data.eval.max_new_tokens=16"]
+        "data.heldout.n=8", "data.evaluate.max_new_tokens=16"]
 
 
 def test_sft_full_contract(tmp_path, run_cli, tiny_base):

@@ -20,8 +20,9 @@ def main(cfg) -> tuple[dict, dict]:
 
     # 1. seed and held-out problems (num_prompts overrides the preset's count)
     set_seed(cfg.seed)
-    if not cfg.data.get("heldout"):
-        raise UserError(f"stage=bon needs a data preset with held-out problems and a verifier; data={cfg.data.name} has none")
+    if cfg.data.get("task") != "countdown":
+        raise UserError(f"stage=bon needs held-out problems and a verifier (a countdown data preset); "
+                        f"data={cfg.data.name} has none")
     problems = build(cfg.data.heldout, **({"n": cfg.num_prompts} if cfg.num_prompts else {}))
 
     # 2. the policy to sample from (any model dir: init_from)
@@ -30,10 +31,10 @@ def main(cfg) -> tuple[dict, dict]:
     model = models.load_causal_lm(path, cfg.model.dtype)
 
     # 3. greedy answers, then N samples per prompt chosen by the verifier
-    greedy = evaluate.countdown_heldout(model, tokenizer, problems, cfg.data.template, cfg.data.system_prompt,
-                                        **cfg.data.eval)
+    greedy = build(cfg.data.evaluate)(model, tokenizer, problems)
     sampled = evaluate.countdown_best_of_n(model, tokenizer, problems, cfg.data.template, cfg.data.system_prompt,
                                            n=cfg.n, temperature=cfg.temperature, sweep=cfg.stage.sweep,
-                                           **cfg.data.eval)
+                                           max_new_tokens=cfg.data.evaluate.max_new_tokens,
+                                           batch_size=cfg.data.evaluate.batch_size)
     results = {"greedy": greedy, "sampled": sampled, "seed": cfg.seed, "model": path}
     return results, {"base_model": path}

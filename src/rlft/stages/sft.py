@@ -17,7 +17,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     from transformers import set_seed
     from trl import SFTTrainer
 
-    from rlft import models, rundir
+    from rlft import models
     from rlft.config import build
     from rlft.metrics import metrics_logger
 
@@ -48,25 +48,13 @@ def main(cfg) -> tuple[dict | None, dict]:
     resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
 
-    # 5. save: a full model in model/ either way, so every later stage loads it the same way.
-    # Every rank calls save_model (ZeRO-3 gathers the shards there); only the main one writes.
-    model_dir = Path(cfg.run_dir) / "model"
-    adapter_dir = Path(cfg.run_dir) / "adapter"
-    trainer.save_model(str(model_dir if peft_config is None else adapter_dir))
+    # 5. save model/ (with peft: adapter/ too, merged into model/)
+    policy = models.save_trained(trainer, cfg.run_dir, path, tokenizer, cfg.model.dtype, peft_config is not None)
+
+    # 6. evaluate on held-out prompts with the task's judge (data.evaluate), main process only
     results = None
-    if rundir.is_main_process():
-        policy = trainer.model
-        if peft_config is not None:  # merge the adapter into full-precision base weights
-            policy = models.merge_adapter(path, str(adapter_dir), cfg.model.dtype)
-            policy.save_pretrained(str(model_dir))
-        tokenizer.save_pretrained(str(model_dir))
-
-        # 6. evaluate on held-out problems with the task's verifier
-        if heldout:
-            from rlft.evaluate import countdown_heldout
-
-            results = {"heldout": countdown_heldout(policy, tokenizer, heldout, cfg.data.template,
-                                                    cfg.data.system_prompt, **cfg.data.eval)}
+    if policy is not None and heldout:
+        results = {"heldout": build(cfg.data.evaluate)(policy, tokenizer, heldout)}
     card = {
         "base_model": path,
         "train_rows": len(train_dataset),

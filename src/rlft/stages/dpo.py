@@ -1,0 +1,74 @@
+"""Direct preference optimisation with trl.DPOTrainer; the reference is the starting model.
+
+    rlft train stage=dpo model=tiny data=ifcheck init_from=runs/sft/model run_dir=runs/dpo max_steps=4
+    rlft train stage=dpo model=tiny data=ifcheck init_from=runs/sft/model peft=lora ...
+
+Policy and reference both load from `init_from` (an SFT run's model dir); with peft the
+reference is the same weights with the adapter switched off (TRL's way, no second copy).
+Writes run_dir/model and, when the data has a judge, run_dir/results.json: the judge's score of
+policy and reference on held-out prompts and the policy's win-rate against the reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def main(cfg) -> tuple[dict | None, dict]:
+    from transformers import set_seed
+    from trl import DPOTrainer
+
+    from rlft import models
+    from rlft.config import build
+    from rlft.metrics import metrics_logger, win_rate
+
+    # 1. seed and data first, so a bad data file fails before any model loads
+    set_seed(cfg.seed)
+    train_dataset = build(cfg.data.preference_dataset)
+    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") else None
+
+    # 2. policy and reference from the same weights
+    path = models.resolve_model_path(cfg.model, cfg.init_from)
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
+    model = models.load_causal_lm(path, cfg.model.dtype, cfg.peft.quantization)
+    peft_config = build(cfg.peft.config) if cfg.peft.get("config") else None
+    ref_model = None if peft_config is not None else models.load_causal_lm(path, cfg.model.dtype)
+
+    # 3. trainer: every TRL knob comes from stage.trainer (trl.DPOConfig)
+    args = build(cfg.stage.trainer)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[metrics_logger(cfg.run_dir)],
+    )
+
+    # 4. train (resume=true continues from the newest checkpoint in run_dir/checkpoints)
+    resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+
+    # 5. save model/ (with peft: adapter/ too, merged into model/)
+    policy = models.save_trained(trainer, cfg.run_dir, path, tokenizer, cfg.model.dtype, peft_config is not None)
+
+    # 6. judge policy and reference on held-out prompts; the policy's win-rate against it
+    results = None
+    if policy is not None and heldout:
+        evaluate = build(cfg.data.evaluate)
+        ours = evaluate(policy, tokenizer, heldout)
+        ref = evaluate(ref_model if ref_model is not None else models.load_causal_lm(path, cfg.model.dtype),
+                       tokenizer, heldout)
+        results = {"heldout": ours, "reference": ref, "vs_reference": win_rate(ours["scores"], ref["scores"])}
+    card = {
+        "base_model": path,
+        "reference_model": path,
+        "train_pairs": len(train_dataset),
+        "steps": trainer.state.global_step,
+        "beta": args.beta,
+        "learning_rate": args.learning_rate,
+        "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
+        "max_length": args.max_length,
+    }
+    return results, card
