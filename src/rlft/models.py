@@ -87,6 +87,34 @@ def _train_tokenizer(vocab_size: int):
     return qwen
 
 
+def _cached_build(cache_dir: str, prefix: str, kwargs: dict, build) -> str:
+    """Run `build(tmp_dir)` once per argument set; return the cached directory.
+
+    The directory name hashes every argument, so a changed preset never reuses a stale build.
+    It is written to a temporary directory and renamed into place under a file lock, so parallel
+    ranks and interrupted builds never see a half-written model.
+    """
+    kwargs = {**kwargs, "version": TINY_BUILD_VERSION}
+    digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:10]
+    out = Path(cache_dir).expanduser() / f"{prefix}-{digest}"
+    if (out / "config.json").exists():
+        return str(out)
+
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "config.json").exists():
+            return str(out)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+        build(tmp)
+        (tmp / "build.json").write_text(json.dumps(kwargs, indent=2, sort_keys=True) + "\n")
+        if out.exists():  # a partial build from an older, unlocked writer
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    return str(out)
+
+
 def build_tiny_causal_lm(
     cache_dir: str,
     vocab_size: int = 1024,
@@ -98,25 +126,10 @@ def build_tiny_causal_lm(
     max_position_embeddings: int = 1024,
     seed: int = 0,
 ) -> str:
-    """Build (once) a tiny Qwen2ForCausalLM + tokenizer; return its directory.
-
-    The directory name hashes every argument, so a changed preset never reuses a stale build.
-    It is written to a temporary directory and renamed into place under a file lock, so parallel
-    ranks and interrupted builds never see a half-written model.
-    """
+    """Build (once) a tiny Qwen2ForCausalLM + tokenizer; return its directory."""
     kwargs = {k: v for k, v in locals().items() if k != "cache_dir"}
-    kwargs["version"] = TINY_BUILD_VERSION
-    digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:10]
-    out = Path(cache_dir).expanduser() / f"tiny-qwen2-{digest}"
-    if (out / "config.json").exists():
-        return str(out)
 
-    from filelock import FileLock
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if (out / "config.json").exists():
-            return str(out)
+    def build(tmp: Path) -> None:
         import torch
         from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -139,14 +152,49 @@ def build_tiny_causal_lm(
         model.generation_config = GenerationConfig(
             eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id
         )
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "build.json").write_text(json.dumps(kwargs, indent=2, sort_keys=True) + "\n")
-        if out.exists():  # a partial build from an older, unlocked writer
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    return str(out)
+
+    return _cached_build(cache_dir, "tiny-qwen2", kwargs, build)
+
+
+def build_tiny_reward_model(
+    cache_dir: str,
+    arch: str = "qwen2",
+    vocab_size: int = 1024,
+    hidden_size: int = 128,
+    intermediate_size: int = 512,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    max_position_embeddings: int = 1024,
+    seed: int = 0,
+) -> str:
+    """Build (once) a tiny sequence classifier with one output (a reward model) on the tiny
+    tokenizer: `arch="qwen2"` (last-token pooling) or `"deberta"` (DeBERTa-v2, first-token
+    pooling, like the paper's DeBERTa reward model). Returns its directory."""
+    kwargs = {k: v for k, v in locals().items() if k != "cache_dir"}
+    if arch not in ("qwen2", "deberta"):
+        raise UserError(f"reward_model.build.arch: unknown {arch!r} (use qwen2 or deberta)")
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, Qwen2Config
+        from transformers import Qwen2ForSequenceClassification
+
+        tokenizer = _train_tokenizer(vocab_size)
+        common = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                      num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                      max_position_embeddings=max_position_embeddings, num_labels=1,
+                      pad_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(seed)
+        if arch == "qwen2":
+            model = Qwen2ForSequenceClassification(Qwen2Config(num_key_value_heads=num_attention_heads, **common))
+        else:
+            model = DebertaV2ForSequenceClassification(DebertaV2Config(type_vocab_size=0, **common))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _cached_build(cache_dir, f"tiny-rm-{arch}", kwargs, build)
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -234,3 +282,14 @@ def save_trained(trainer, run_dir: str, base_path: str, tokenizer, dtype: str, p
         policy.save_pretrained(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
     return policy
+
+
+def load_reward_model(path: str, dtype: str = "float32"):
+    """AutoModelForSequenceClassification with one output (a scalar reward)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = _from_pretrained(AutoModelForSequenceClassification, path, dtype=getattr(torch, dtype), num_labels=1)
+    if model.config.pad_token_id is None:  # last-token pooling needs to find the padding
+        model.config.pad_token_id = model.config.eos_token_id
+    return model

@@ -1,0 +1,164 @@
+"""Reward models: one scoring contract, and the paper's three ways to train them.
+
+The contract: `encode` turns (prompt messages, response) into a reward model's input ids the
+same way at RM training, at RLOO time and at best-of-N time, so a reward model never scores
+tokens it was not trained on (TRL re-tokenises decoded text with add_special_tokens=False at
+RLOO time; rlft scores through `score` instead). Two formats:
+  chat  the ChatML conversation (the policy's chat template), for decoder backbones (Qwen2)
+  pair  tokenizer(prompt text, response): [CLS] prompt [SEP] response [SEP] for BERT-family
+        backbones (DeBERTa, DistilBERT), as OpenAssistant's DeBERTa reward model expects
+Over-long inputs are truncated from the left (the response end is what a reward model judges)
+and counted; none is dropped.
+
+Training (stage=rm, rm=...):
+  bt          trl.RewardTrainer: Bradley-Terry, -log sigmoid(r_c - r_r), chosen and rejected in one batch
+  siamese     one shared encoder run separately on chosen and on rejected, the same loss
+              (the paper's Siamese DistilBERT)
+  regression  pointwise MSE of r(chosen), r(rejected) onto their scores, rescaled from 1..10 to
+              -1..1 (the paper's DistilBERT)
+"""
+
+from __future__ import annotations
+
+FORMATS = ("chat", "pair")
+
+
+def _text(messages: list[dict]) -> str:
+    return "\n".join(m["content"] for m in messages if m.get("role") != "system")
+
+
+def encode(tokenizer, prompt: list[dict], response: str, fmt: str, max_length: int) -> tuple[list[int], bool]:
+    """Input ids for the reward model, and whether they were truncated (from the left)."""
+    if fmt == "chat":
+        text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    elif fmt == "pair":
+        ids = tokenizer(_text(prompt), response, add_special_tokens=True)["input_ids"]
+    else:
+        raise ValueError(f"unknown reward format {fmt!r}; use one of {FORMATS}")
+    if len(ids) <= max_length:
+        return ids, False
+    keep = ids[-max_length:]
+    if fmt == "pair" and tokenizer.cls_token_id is not None and ids[0] == tokenizer.cls_token_id:
+        keep = [ids[0]] + ids[-(max_length - 1):]  # keep [CLS]: the DeBERTa head pools it
+    return keep, True
+
+
+def tokenize_pairs(dataset, tokenizer, fmt: str, max_length: int):
+    """TRL preference rows -> rows with chosen_ids / rejected_ids made by `encode` (which TRL's
+    RewardTrainer then uses as they are), and how many sides were truncated."""
+    truncated = 0
+
+    def one(row):
+        nonlocal truncated
+        c, tc = encode(tokenizer, row["prompt"], row["chosen"][-1]["content"], fmt, max_length)
+        r, tr = encode(tokenizer, row["prompt"], row["rejected"][-1]["content"], fmt, max_length)
+        truncated += tc + tr
+        return {"chosen_ids": c, "rejected_ids": r}
+
+    out = dataset.map(one, remove_columns=[c for c in dataset.column_names if c not in ("score_chosen", "score_rejected")],
+                      desc="encoding pairs for the reward model")
+    return out, truncated
+
+
+def score(model, tokenizer, prompts: list[list[dict]], responses: list[str], fmt: str, max_length: int,
+          batch_size: int = 32) -> list[float]:
+    """Rewards for (prompt, response) pairs through the contract (right padding, as in training)."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rewards: list[float] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            ids = [torch.tensor(encode(tokenizer, p, r, fmt, max_length)[0])
+                   for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
+            input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id).to(device)
+            mask = pad_sequence([torch.ones_like(i) for i in ids], batch_first=True, padding_value=0).to(device)
+            rewards += model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
+    model.train(was_training)
+    return rewards
+
+
+def pairwise_accuracy(model, tokenizer, dataset, fmt: str, max_length: int, batch_size: int = 32) -> dict:
+    """Held-out pairwise accuracy: how often r(chosen) > r(rejected), with a Wilson 95% interval."""
+    from rlft.metrics import wilson_interval
+
+    prompts = [row["prompt"] for row in dataset]
+    chosen = score(model, tokenizer, prompts, [row["chosen"][-1]["content"] for row in dataset], fmt, max_length, batch_size)
+    rejected = score(model, tokenizer, prompts, [row["rejected"][-1]["content"] for row in dataset], fmt, max_length,
+                     batch_size)
+    n = len(chosen)
+    wins = sum(c > r for c, r in zip(chosen, rejected))
+    return {"pairwise_accuracy": {"value": wins / n, "ci95": list(wilson_interval(wins, n)), "n": n},
+            "mean_margin": sum(c - r for c, r in zip(chosen, rejected)) / n}
+
+
+# --------------------------------------------------------------------------- trainers
+
+def _reward_trainer():
+    from trl import RewardTrainer
+
+    return RewardTrainer
+
+
+def siamese_trainer(**kwargs):
+    """trl.RewardTrainer whose loss runs the shared encoder on chosen and on rejected separately."""
+    import torch.nn.functional as F
+
+    class SiameseRewardTrainer(_reward_trainer()):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]  # (2B, T): chosen rows then rejected
+            half = ids.shape[0] // 2
+            r_c = model(input_ids=ids[:half], attention_mask=mask[:half], use_cache=False).logits.squeeze(-1)
+            r_r = model(input_ids=ids[half:], attention_mask=mask[half:], use_cache=False).logits.squeeze(-1)
+            loss = -F.logsigmoid(r_c - r_r).mean()
+            mode = "train" if model.training else "eval"
+            self._metrics[mode]["accuracy"].append((r_c > r_r).float().mean().item())
+            self._metrics[mode]["margin"].append((r_c - r_r).mean().item())
+            return (loss, {"r_c": r_c, "r_r": r_r}) if return_outputs else loss
+
+    return SiameseRewardTrainer(**kwargs)
+
+
+def regression_trainer(**kwargs):
+    """trl.RewardTrainer with a pointwise loss: MSE of each reward onto its score (1..10 -> -1..1)."""
+    import torch
+    import torch.nn.functional as F
+
+    base = kwargs.get("data_collator")
+
+    class RegressionRewardTrainer(_reward_trainer()):
+        def _set_signature_columns_if_needed(self):
+            self._signature_columns = ["chosen_ids", "rejected_ids", "score_chosen", "score_rejected"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            targets = torch.cat([inputs.pop("score_chosen"), inputs.pop("score_rejected")])  # (2B,)
+            rewards = model(**inputs, use_cache=False).logits.squeeze(-1)
+            loss = F.mse_loss(rewards, (targets.to(rewards.dtype) - 5.5) / 4.5)
+            half = rewards.shape[0] // 2
+            mode = "train" if model.training else "eval"
+            self._metrics[mode]["accuracy"].append((rewards[:half] > rewards[half:]).float().mean().item())
+            return (loss, {"rewards": rewards}) if return_outputs else loss
+
+    trainer = RegressionRewardTrainer(**kwargs)
+    collate = base or trainer.data_collator
+
+    def with_scores(examples):
+        batch = collate(examples)
+        for key in ("score_chosen", "score_rejected"):
+            if any(e.get(key) is None for e in examples):
+                raise ValueError(f"rm=regression needs {key!r} on every row")
+            batch[key] = torch.tensor([float(e[key]) for e in examples])
+        return batch
+
+    trainer.data_collator = with_scores
+    return trainer
+
+
+def bt_trainer(**kwargs):
+    """trl.RewardTrainer as it is (Bradley-Terry)."""
+    return _reward_trainer()(**kwargs)

@@ -1,0 +1,70 @@
+"""Reward model training: Bradley-Terry (trl.RewardTrainer), Siamese, or pointwise regression.
+
+    rlft train stage=rm rm=bt reward_model=tiny data=ifcheck run_dir=runs/rm max_steps=4
+    rlft train stage=rm rm=siamese reward_model=tiny_deberta data=ifcheck ...
+    rlft train stage=rm rm=regression reward_model=distilbert data=ultrafeedback ...   (GPU box, hub)
+
+Pairs go through rlft's scoring contract (rlft.reward.encode) before TRL sees them, so the
+model is trained on exactly the ids it is later scored on. Writes run_dir/model
+(AutoModelForSequenceClassification) and run_dir/results.json: held-out pairwise accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def main(cfg) -> tuple[dict | None, dict]:
+    from transformers import set_seed
+
+    from rlft import models, reward
+    from rlft.config import build
+    from rlft.metrics import metrics_logger
+
+    # 1. seed and data first, so a bad data file fails before any model loads
+    set_seed(cfg.seed)
+    pairs = build(cfg.data.preference_dataset)
+    heldout = build(cfg.data.preference_heldout) if cfg.data.get("preference_heldout") else None
+
+    # 2. the reward model (init_from: continue from an earlier reward model dir)
+    rm = cfg.reward_model
+    path = models.resolve_model_path(rm, cfg.init_from)
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template if rm.format == "chat" else None)
+    model = models.load_reward_model(path, rm.dtype)
+
+    # 3. encode through the scoring contract, then the variant's trainer (rm.trainer)
+    train_dataset, truncated = reward.tokenize_pairs(pairs, tokenizer, rm.format, rm.max_length)
+    args = build(cfg.stage.trainer)
+    peft_config = build(cfg.peft.config, task_type="SEQ_CLS") if cfg.peft.get("config") else None
+    trainer = build(cfg.rm.trainer)(
+        model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+        peft_config=peft_config, callbacks=[metrics_logger(cfg.run_dir)],
+    )
+
+    # 4. train (resume=true continues from the newest checkpoint in run_dir/checkpoints)
+    resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+
+    # 5. save model/ (AutoModelForSequenceClassification); with peft the adapter is merged
+    model_dir = Path(cfg.run_dir) / "model"
+    trainer.save_model(str(model_dir if peft_config is None else Path(cfg.run_dir) / "adapter"))
+    results = None
+    if trainer.is_world_process_zero():
+        scorer = trainer.model
+        if peft_config is not None:
+            scorer = trainer.model.merge_and_unload()
+            scorer.save_pretrained(str(model_dir))
+        tokenizer.save_pretrained(str(model_dir))
+        # 6. held-out pairwise accuracy through the same contract
+        if heldout is not None:
+            results = {"heldout": reward.pairwise_accuracy(scorer, tokenizer, heldout, rm.format, rm.max_length)}
+    card = {
+        "base_model": path,
+        "variant": cfg.rm.name,
+        "input_format": f"{rm.format}, max {rm.max_length} tokens, left-truncated ({truncated} sides truncated)",
+        "train_pairs": len(train_dataset),
+        "steps": trainer.state.global_step,
+        "learning_rate": args.learning_rate,
+        "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
+    }
+    return results, card

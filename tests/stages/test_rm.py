@@ -1,0 +1,73 @@
+"""Reward models: the three variants through the real CLI entry, and the scoring contract."""
+
+import json
+
+import pytest
+from conftest import changed_tensors, state_dict
+
+from rlft import reward
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("variant,backbone", [("bt", "tiny"), ("siamese", "tiny_deberta"), ("regression", "tiny")])
+def test_rm_cli_contract(tmp_path, run_cli, variant, backbone):
+    run_dir = tmp_path / variant
+    code, out, err = run_cli("train", "stage=rm", f"rm={variant}", f"reward_model={backbone}", "data=ifcheck",
+                             f"run_dir={run_dir}", "max_steps=4", "stage.trainer.logging_steps=1",
+                             "stage.trainer.learning_rate=1e-3", "data.preference_dataset.n=128",
+                             "data.preference_heldout.n=16")
+    assert code == 0, err
+    from transformers import AutoModelForSequenceClassification
+
+    AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
+    from rlft.config import build, compose
+
+    base_dir = build(compose([f"reward_model={backbone}"]).reward_model.build)
+    assert changed_tensors(state_dict(base_dir), state_dict(run_dir / "model"))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum("loss" in r for r in records) == 4 and any("accuracy" in r for r in records)
+    acc = json.loads((run_dir / "results.json").read_text())["heldout"]["pairwise_accuracy"]
+    assert acc["n"] == 16 and 0.0 <= acc["ci95"][0] <= acc["value"] <= acc["ci95"][1] <= 1.0
+    assert f"variant: {variant}" in (run_dir / "model" / "README.md").read_text()
+
+
+def bert_tokenizer(tmp_path):
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "write", "about", "rain", "it", "is", "wet", ".", "'"]
+    return BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
+
+
+def test_contract_pair_format_has_bert_special_tokens_and_keeps_cls_when_truncating(tmp_path):
+    tok = bert_tokenizer(tmp_path)
+    prompt = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "write about rain ."}]
+    ids, truncated = reward.encode(tok, prompt, "it is wet .", "pair", max_length=64)
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "write", "about", "rain", ".", "[SEP]", "it", "is", "wet", ".", "[SEP]"]
+    assert not truncated
+    short, truncated = reward.encode(tok, prompt, "it is wet .", "pair", max_length=6)
+    assert truncated and tok.convert_ids_to_tokens(short) == ["[CLS]", "it", "is", "wet", ".", "[SEP]"]
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "tiny_deberta"])
+def test_rm_trains_on_exactly_the_ids_it_is_scored_on(backbone, tmp_path):
+    """The dataset handed to TRL is the contract's encoding, and `score` feeds the model the same ids."""
+    import torch
+
+    from rlft import models
+    from rlft.config import build, compose
+    from rlft.data import ifcheck_preference_dataset
+
+    cfg = compose([f"reward_model={backbone}"])
+    path = build(cfg.reward_model.build)
+    tok = models.load_tokenizer(path, "chatml" if cfg.reward_model.format == "chat" else None)
+    pairs = ifcheck_preference_dataset(4, seed=0)
+    encoded, _ = reward.tokenize_pairs(pairs, tok, cfg.reward_model.format, cfg.reward_model.max_length)
+    model = models.load_reward_model(path)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    reward.score(model, tok, [pairs[0]["prompt"]], [pairs[0]["chosen"][-1]["content"]], cfg.reward_model.format,
+                 cfg.reward_model.max_length)
+    assert seen[0][0].tolist() == encoded[0]["chosen_ids"]
+    if cfg.reward_model.format == "chat":  # decoder RM: the whole ChatML conversation, unchanged by TRL
+        assert tok.decode(encoded[0]["chosen_ids"]).startswith("<|im_start|>user\n")
+    assert torch.is_tensor(seen[0])
