@@ -1,5 +1,6 @@
 # rlft — every target creates .venv and installs on first use (make setup is idempotent).
 #   make demo        the tiny Countdown pipeline on CPU (offline), prints the results table
+#   make tiny-if     SFT -> reward models -> DPO on the offline instruction task (CPU)
 #   make test        unit + smoke tests (offline, CPU)       make test-slow   the long checks
 #   make bench       verifier throughput; batched best-of-N sampling vs one at a time
 PYTHON ?= python3
@@ -11,7 +12,7 @@ RUNS ?= runs
 # Everything here runs offline on CPU; TRITON_INTERPRET must be set before triton is imported.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=1
 
-.PHONY: setup demo tiny-math-sft tiny-math-bon test test-slow bench clean
+.PHONY: setup demo tiny-math-sft tiny-math-bon tiny-if test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +32,17 @@ tiny-math-sft: setup
 tiny-math-bon: tiny-math-sft
 	$(OFFLINE) $(BIN)/rlft train experiment=tiny_math_bon init_from=$(RUNS)/tiny_math_sft/model \
 		run_dir=$(RUNS)/tiny_math_bon overwrite=true
+
+# make tiny-if: the paper's instruction-following rows on the tiny model and the offline ifcheck
+# task: SFT, reward models (each variant, two backbones), DPO from the SFT model; the rule judge
+# scores held-out prompts and DPO's win-rate against its SFT start.
+tiny-if: setup
+	$(OFFLINE) $(BIN)/rlft train experiment=tiny_if_sft run_dir=$(RUNS)/tiny_if_sft overwrite=true
+	for rm in bt siamese regression; do for backbone in tiny tiny_deberta; do \
+		$(OFFLINE) $(BIN)/rlft train experiment=tiny_if_rm rm=$$rm reward_model=$$backbone \
+			run_dir=$(RUNS)/tiny_if_rm_$${rm}_$$backbone overwrite=true || exit 1; done; done
+	$(OFFLINE) $(BIN)/rlft train experiment=tiny_if_dpo init_from=$(RUNS)/tiny_if_sft/model \
+		run_dir=$(RUNS)/tiny_if_dpo overwrite=true
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q

@@ -6,7 +6,7 @@ import yaml
 from rlft import config
 from rlft.errors import UserError
 
-GROUPS = ["stage", "model", "data", "peft", "experiment"]
+GROUPS = ["stage", "model", "data", "peft", "rm", "reward_model", "experiment"]
 
 
 def all_overrides():

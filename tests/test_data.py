@@ -93,3 +93,12 @@ def test_ultrafeedback_schema_errors_name_the_row(tmp_path):
     path = write_jsonl(tmp_path / "uf2.jsonl", [ultrafeedback_row(0, rejected=[{"role": "user", "content": "x"}])])
     with pytest.raises(UserError, match=r"uf2.jsonl: row 0: 'rejected' must be a message list ending with an assistant"):
         data.ultrafeedback_preference_dataset(str(path))
+
+
+def test_ultrafeedback_train_gen_prompts(tmp_path):
+    path = write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "Tell me a joke."}, {"prompt": "  "}])
+    with pytest.raises(UserError, match=r"gen.jsonl: row 1: 'prompt' must be non-empty text"):
+        data.ultrafeedback_prompt_dataset(str(path))
+    path = write_jsonl(tmp_path / "gen2.jsonl", [{"prompt": "Tell me a joke."}])
+    ds = data.ultrafeedback_prompt_dataset(str(path), system_prompt="You are a helpful assistant.")
+    assert ds[0]["prompt"][-1] == {"role": "user", "content": "Tell me a joke."}

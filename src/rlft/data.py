@@ -185,3 +185,34 @@ def ifcheck_sft_dataset(n: int, seed: int, system_prompt: str | None = None, hel
 
     pairs = ifcheck_preference_dataset(n, seed, system_prompt, heldout)
     return datasets.Dataset.from_list([{"messages": r["prompt"] + r["chosen"]} for r in pairs])
+
+
+def ultrafeedback_prompt_dataset(path: str, split: str = "train_gen", system_prompt: str | None = None,
+                                 max_rows: int | None = None):
+    """UltraFeedback prompts (train_gen) as TRL conversational prompts, for on-policy stages."""
+    import datasets
+
+    rows, where = load_rows(path, split, max_rows)
+    out = []
+    for i, row in enumerate(rows):
+        _require(row, ("prompt",), where, i)
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            raise UserError(f"{where}: row {i}: 'prompt' must be non-empty text")
+        out.append({"prompt": _with_system([{"role": "user", "content": row["prompt"]}], system_prompt)})
+    return datasets.Dataset.from_list(out)
+
+
+def count_over_length(tokenizer, pairs, max_length: int | None) -> int:
+    """How many preference pairs render (chat template) longer than `max_length` tokens on either
+    side: TRL's DPO truncates those (truncation_mode), so rlft counts and reports them."""
+    if max_length is None:
+        return 0
+    over = 0
+    for row in pairs:
+        for side in ("chosen", "rejected"):
+            ids = tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            if len(ids) > max_length:
+                over += 1
+                break
+    return over

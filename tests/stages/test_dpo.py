@@ -30,3 +30,15 @@ def test_dpo_cli_contract(tmp_path, run_cli, tiny_base, peft):
     vs = results["vs_reference"]
     assert vs["wins"] + vs["ties"] + vs["losses"] == 8
     assert "| vs_reference | win_rate |" in out
+    assert "pairs_over_max_length: 0 (truncated by TRL" in (run_dir / "model" / "README.md").read_text()
+
+
+def test_over_length_pairs_are_counted(tiny_base):
+    from rlft import models
+    from rlft.data import count_over_length, ifcheck_preference_dataset
+
+    pairs = ifcheck_preference_dataset(20, seed=0)
+    tok = models.load_tokenizer(tiny_base)
+    assert count_over_length(tok, pairs, 10_000) == 0
+    assert count_over_length(tok, pairs, 8) == 20
+    assert count_over_length(tok, pairs, None) == 0

@@ -20,6 +20,7 @@ def main(cfg) -> tuple[dict | None, dict]:
 
     from rlft import models
     from rlft.config import build
+    from rlft.data import count_over_length
     from rlft.metrics import metrics_logger, win_rate
 
     # 1. seed and data first, so a bad data file fails before any model loads
@@ -34,8 +35,10 @@ def main(cfg) -> tuple[dict | None, dict]:
     peft_config = build(cfg.peft.config) if cfg.peft.get("config") else None
     ref_model = None if peft_config is not None else models.load_causal_lm(path, cfg.model.dtype)
 
-    # 3. trainer: every TRL knob comes from stage.trainer (trl.DPOConfig)
+    # 3. trainer: every TRL knob comes from stage.trainer (trl.DPOConfig); pairs over max_length
+    # are truncated by TRL (truncation_mode) and counted here, never silently
     args = build(cfg.stage.trainer)
+    over_length = count_over_length(tokenizer, train_dataset, args.max_length)
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,
@@ -70,5 +73,6 @@ def main(cfg) -> tuple[dict | None, dict]:
         "learning_rate": args.learning_rate,
         "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
         "max_length": args.max_length,
+        "pairs_over_max_length": f"{over_length} (truncated by TRL, truncation_mode={args.truncation_mode})",
     }
     return results, card
