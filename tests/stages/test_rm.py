@@ -9,10 +9,11 @@ from rlft import reward
 
 
 @pytest.mark.smoke
-@pytest.mark.parametrize("variant,backbone", [("bt", "tiny"), ("siamese", "tiny_deberta"), ("regression", "tiny")])
-def test_rm_cli_contract(tmp_path, run_cli, variant, backbone):
+@pytest.mark.parametrize("variant,backbone,peft", [("bt", "tiny", "none"), ("siamese", "tiny_deberta", "none"),
+                                                  ("regression", "tiny", "none"), ("bt", "tiny", "lora")])
+def test_rm_cli_contract(tmp_path, run_cli, variant, backbone, peft):
     run_dir = tmp_path / variant
-    code, out, err = run_cli("train", "stage=rm", f"rm={variant}", f"reward_model={backbone}", "data=ifcheck",
+    code, out, err = run_cli("train", "stage=rm", f"rm={variant}", f"reward_model={backbone}", "data=ifcheck", f"peft={peft}",
                              f"run_dir={run_dir}", "max_steps=4", "stage.trainer.logging_steps=1",
                              "stage.trainer.learning_rate=1e-3", "data.preference_dataset.n=128",
                              "data.preference_heldout.n=16")
@@ -29,6 +30,7 @@ def test_rm_cli_contract(tmp_path, run_cli, variant, backbone):
     acc = json.loads((run_dir / "results.json").read_text())["heldout"]["pairwise_accuracy"]
     assert acc["n"] == 16 and 0.0 <= acc["ci95"][0] <= acc["value"] <= acc["ci95"][1] <= 1.0
     assert f"variant: {variant}" in (run_dir / "model" / "README.md").read_text()
+    assert (run_dir / "adapter" / "adapter_config.json").is_file() == (peft == "lora")
 
 
 def bert_tokenizer(tmp_path):
