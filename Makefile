@@ -1,5 +1,5 @@
 # rlft — every target creates .venv and installs on first use (make setup is idempotent).
-#   make demo        the tiny Countdown pipeline on CPU (offline), prints the results table
+#   make demo        the tiny Countdown pipeline on CPU (offline): table + plots in runs/tiny_math/report
 #   make tiny-if     SFT -> reward models -> DPO on the offline instruction task (CPU)
 #   make test        unit + smoke tests (offline, CPU)       make test-slow   the long checks
 #   make bench       verifier throughput; batched best-of-N sampling vs one at a time
@@ -12,7 +12,7 @@ RUNS ?= runs
 # Everything here runs offline on CPU; TRITON_INTERPRET must be set before triton is imported.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=1
 
-.PHONY: setup demo tiny-math-sft tiny-math-bon tiny-if test test-slow bench clean
+.PHONY: setup demo tiny-math tiny-if test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -22,16 +22,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[test]" "torch==2.13.0"
 	touch $(STAMP)
 
-# make demo: Countdown SFT on the tiny model, then best-of-16 with the verifier on it
-# (table cells: tiny twins of the paper's math rows "SFT" and "SFT + best-of-N").
-demo: tiny-math-sft tiny-math-bon
+# make demo: the tiny Countdown pipeline (experiment=tiny_math): SFT, then best-of-16 with the
+# verifier on it (tiny twins of the paper's math rows "SFT" and "SFT + best-of-N"), then the report
+# (table, CSV, plots in runs/tiny_math/report). Finished steps are skipped on a second run.
+demo: tiny-math
 
-tiny-math-sft: setup
-	$(OFFLINE) $(BIN)/rlft train experiment=tiny_math_sft run_dir=$(RUNS)/tiny_math_sft overwrite=true
-
-tiny-math-bon: tiny-math-sft
-	$(OFFLINE) $(BIN)/rlft train experiment=tiny_math_bon init_from=$(RUNS)/tiny_math_sft/model \
-		run_dir=$(RUNS)/tiny_math_bon overwrite=true
+tiny-math: setup
+	$(OFFLINE) $(BIN)/rlft pipeline experiment=tiny_math
 
 # make tiny-if: the paper's instruction-following rows on the tiny model and the offline ifcheck
 # task: SFT, reward models (each variant, two backbones), DPO from the SFT model; the rule judge

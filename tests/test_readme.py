@@ -35,5 +35,5 @@ def test_make_targets_match_the_readme():
     readme = (REPO / "README.md").read_text()
     for target in re.findall(r"^make ([\w-]+)", readme, flags=re.M):
         assert re.search(rf"^{target}:", makefile, flags=re.M), target
-    assert "experiment=tiny_math_sft" in makefile and "rlft train experiment=tiny_math_sft" in readme
+    assert "rlft pipeline experiment=tiny_math" in makefile and "rlft pipeline experiment=tiny_math" in readme
     assert "make test" in (REPO / ".ci" / "run").read_text()

@@ -1,6 +1,8 @@
 """The `rlft` command. Heavy imports live inside the commands, so `rlft --help` is instant.
 
     rlft train stage=sft model=tiny data=countdown run_dir=runs/sft max_steps=4
+    rlft pipeline experiment=tiny_math
+    rlft report runs/tiny_math/sft runs/tiny_math/bon --out runs/report
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rlft train stage=sft ...
 """
 
@@ -39,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     train.add_argument("--config-dir", help="a folder of your own configs, searched after the shipped ones")
     train.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    pipe = sub.add_parser("pipeline", help="run an experiment's stages in order, skipping finished ones",
+                          description="rlft pipeline experiment=tiny_math [KEY=VALUE ...]")
+    pipe.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    pipe.add_argument("--config-dir", help="a folder of your own configs, searched after the shipped ones")
+    rep = sub.add_parser("report", help="results tables (markdown, CSV) and PNG plots from run dirs",
+                         description="rlft report RUN_DIR... [--out DIR]")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", default="runs/report", help="folder for results.md, results.csv and PNGs")
     return parser
 
 
@@ -52,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
             from rlft.train import train
 
             return train(args.overrides, config_dir=args.config_dir, print_only=args.cfg)
+        if args.command == "pipeline":
+            from rlft.train import pipeline
+
+            return pipeline(args.overrides, config_dir=args.config_dir)
+        if args.command == "report":
+            from rlft.report import report
+
+            print(report(args.run_dirs, args.out))
+            return 0
     except UserError as e:
         print(f"rlft: error: {e}", file=sys.stderr)
         return 2

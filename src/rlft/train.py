@@ -8,6 +8,7 @@ contract (rlft/rundir.py).
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 
 def train(overrides: list[str], config_dir: str | None = None, print_only: bool = False) -> int:
@@ -18,6 +19,9 @@ def train(overrides: list[str], config_dir: str | None = None, print_only: bool 
     from rlft.errors import UserError
 
     cfg = config.compose(overrides, config_dir)
+    if cfg.get("pipeline"):
+        raise UserError(f"experiment {cfg.run_name!r} is a pipeline of stages; run it with: rlft pipeline "
+                        + " ".join(overrides))
     try:
         if print_only:
             print(OmegaConf.to_yaml(cfg, resolve=True), end="")
@@ -34,4 +38,39 @@ def train(overrides: list[str], config_dir: str | None = None, print_only: bool 
         from rlft.metrics import results_table
 
         print(results_table(results, title=f"{cfg.run_name} ({cfg.run_dir})"))
+    return 0
+
+
+def pipeline(overrides: list[str], config_dir: str | None = None) -> int:
+    """`rlft pipeline experiment=NAME [key=value ...]`: the experiment's stages in order.
+
+    Each step is `rlft train <step overrides> <your overrides> run_dir=<run_dir>/<step name>`;
+    steps read earlier steps' model dirs by interpolation (`init_from: ${run_dir}/sft/model`). A
+    step whose run dir is DONE is skipped and one with checkpoints resumes, so an interrupted
+    pipeline continues where it stopped. Ends with `rlft report` over the steps.
+    """
+    from omegaconf import OmegaConf
+
+    from rlft import config, report, rundir
+    from rlft.errors import UserError
+
+    cfg = config.compose(overrides, config_dir)
+    if not cfg.get("pipeline"):
+        raise UserError("rlft pipeline needs an experiment with a `pipeline:` list of steps "
+                        f"(e.g. experiment=tiny_math); got run_name={cfg.run_name!r}")
+    steps = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    extra = [o for o in overrides if not o.startswith("experiment=")]
+    dirs = []
+    for step in steps:
+        step_dir = Path(cfg.run_dir) / step["name"]
+        dirs.append(str(step_dir))
+        if (step_dir / "DONE").exists():
+            print(f"rlft pipeline: {step['name']}: done, skipped ({step_dir})")
+            continue
+        resume = ["resume=true"] if list((step_dir / "checkpoints").glob("checkpoint-*")) else []
+        print(f"rlft pipeline: {step['name']}: running ({step_dir})")
+        train([*step["overrides"], *extra, f"run_dir={step_dir}", *resume], config_dir=config_dir)
+    if rundir.is_main_process():
+        print(report.report(dirs, str(Path(cfg.run_dir) / "report")))
+        print(f"plots and CSV: {Path(cfg.run_dir) / 'report'}")
     return 0

@@ -1,0 +1,129 @@
+"""`rlft report RUN_DIR... [--out DIR]`: results tables and plots from run dirs.
+
+Reads each run dir's config.yaml, results.json and metrics.jsonl; prints one markdown table
+(run, eval, metric, value, 95% CI, n) and writes it with a CSV twin and PNG plots to --out:
+best_of_n.png (best-of-n accuracy against n for every best-of-N run) and training.png (training
+loss against step for every trained run). matplotlib renders off-screen; no display needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from rlft.errors import UserError
+
+
+def load_run(run_dir: str) -> dict:
+    d = Path(run_dir)
+    if not (d / "config.yaml").is_file():
+        raise UserError(f"report: {str(d)!r} is not an rlft run dir (no config.yaml)")
+    import yaml
+
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    results = json.loads((d / "results.json").read_text()) if (d / "results.json").is_file() else {}
+    metrics = []
+    if (d / "metrics.jsonl").is_file():
+        metrics = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"dir": str(d), "name": cfg.get("run_name", d.name), "stage": cfg["stage"]["name"],
+            "done": (d / "DONE").exists(), "results": results, "metrics": metrics}
+
+
+def rows(runs: list[dict]) -> list[dict]:
+    """One row per reported metric: every {"value", "ci95", "n"} entry of each results.json."""
+    out = []
+    for run in runs:
+        for section, metrics in run["results"].items():
+            if not isinstance(metrics, dict):
+                continue
+            for metric, m in metrics.items():
+                if isinstance(m, dict) and "value" in m:
+                    lo, hi = m.get("ci95", (None, None))
+                    out.append({"run": run["name"], "stage": run["stage"], "eval": section, "metric": metric,
+                                "value": m["value"], "ci95_low": lo, "ci95_high": hi, "n": m.get("n")})
+    return out
+
+
+def markdown(table: list[dict]) -> str:
+    lines = ["| run | eval | metric | value | 95% CI | n |", "|---|---|---|---|---|---|"]
+    for r in table:
+        ci = f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]" if r["ci95_low"] is not None else ""
+        lines.append(f"| {r['run']} | {r['eval']} | {r['metric']} | {r['value']:.3f} | {ci} | {r['n']} |")
+    return "\n".join(lines)
+
+
+def plot_best_of_n(runs: list[dict], path: Path) -> bool:
+    curves = []
+    for run in runs:
+        sampled = run["results"].get("sampled", {})
+        points = sorted((1 if k.startswith("pass@1") else int(k.split("_")[2]), v)
+                        for k, v in sampled.items() if k.endswith("_accuracy") and isinstance(v, dict))
+        if points:
+            curves.append((run["name"], points))
+    if not curves:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, points in curves:
+        ns = [n for n, _ in points]
+        ys = [p["value"] for _, p in points]
+        err = [[y - p["ci95"][0] for y, (_, p) in zip(ys, points)], [p["ci95"][1] - y for y, (_, p) in zip(ys, points)]]
+        ax.errorbar(ns, ys, yerr=err, marker="o", capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([n for n, _ in curves[0][1]], [str(n) for n, _ in curves[0][1]])
+    ax.set(xlabel="n (samples chosen from by the verifier)", ylabel="accuracy (exact match)", ylim=(0, 1),
+           title="Best-of-n with the verifier (95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_training(runs: list[dict], path: Path) -> bool:
+    curves = [(run["name"], [(m["step"], m["loss"]) for m in run["metrics"] if "loss" in m]) for run in runs]
+    curves = [(name, pts) for name, pts in curves if pts]
+    if not curves:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, pts in curves:
+        ax.plot([s for s, _ in pts], [v for _, v in pts], label=name)
+    ax.set(xlabel="optimizer step", ylabel="training loss", title="Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def report(run_dirs: list[str], out: str) -> str:
+    """Write results.md, results.csv and the plots into `out`; return the markdown table."""
+    runs = [load_run(d) for d in run_dirs]
+    table = rows(runs)
+    out_dir = Path(out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"report --out {out!r} is not writable ({e.strerror})") from None
+    text = markdown(table)
+    (out_dir / "results.md").write_text(text + "\n")
+    with (out_dir / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["run", "stage", "eval", "metric", "value", "ci95_low", "ci95_high", "n"])
+        writer.writeheader()
+        writer.writerows(table)
+    plot_best_of_n(runs, out_dir / "best_of_n.png")
+    plot_training(runs, out_dir / "training.png")
+    return text
