@@ -44,21 +44,6 @@ def win_rate(scores: list[float], reference_scores: list[float]) -> dict:
     }
 
 
-def results_table(results: dict, title: str = "") -> str:
-    """Markdown table of every {"value", "ci95"} metric in `results` (nested one level)."""
-    rows = []
-    for section, metrics in results.items():
-        if not isinstance(metrics, dict):
-            continue
-        for name, m in metrics.items():
-            if isinstance(m, dict) and "value" in m:
-                lo, hi = m.get("ci95", (None, None))
-                ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else ""
-                rows.append(f"| {section} | {name} | {m['value']:.3f} | {ci} | {m.get('n', '')} |")
-    head = [f"### {title}", ""] if title else []
-    return "\n".join(head + ["| eval | metric | value | 95% CI | n |", "|---|---|---|---|---|"] + rows)
-
-
 def metrics_logger(run_dir: str):
     """A transformers TrainerCallback appending each log record to run_dir/metrics.jsonl."""
     from transformers import TrainerCallback

@@ -35,9 +35,10 @@ def train(overrides: list[str], config_dir: str | None = None, print_only: bool 
     results, card = stage.main(cfg)
     rundir.finish(cfg, results, card)
     if results and rundir.is_main_process():
-        from rlft.metrics import results_table
+        from rlft.report import markdown, rows
 
-        print(results_table(results, title=f"{cfg.run_name} ({cfg.run_dir})"))
+        print(f"### {cfg.run_name} ({cfg.run_dir})\n")
+        print(markdown(rows([{"name": cfg.run_name, "stage": cfg.stage.name, "results": results}])))
     return 0
 
 
