@@ -137,6 +137,34 @@ def countdown_sft_dataset(n: int, seed: int, template: str, think: bool, system_
     return datasets.Dataset.from_list([{"messages": r["messages"]} for r in rows])
 
 
+def countdown_prompt_dataset(n: int, seed: int, template: str, system_prompt: str | None, problems: dict,
+                             heldout: list[dict] | None = None, distinct: bool = True):
+    """`n` generated Countdown problems as on-policy prompts ({prompt, nums, target}: the verifier
+    reward reads nums and target), none of them in `heldout`."""
+    import datasets
+
+    from rlft.tasks import countdown
+
+    exclude = {countdown.problem_key(p) for p in heldout or []}
+    rows = countdown.generate_problems(n, seed + 1, exclude=exclude, distinct=distinct, **problems)
+    return datasets.Dataset.from_list([
+        {"prompt": _with_system([{"role": "user", "content": countdown.make_prompt(r["nums"], r["target"], template)}],
+                                system_prompt), "nums": r["nums"], "target": r["target"]} for r in rows])
+
+
+def ifcheck_prompt_dataset(n: int, seed: int, system_prompt: str | None = None, heldout: list[dict] | None = None):
+    """Generated ifcheck prompts as on-policy prompts ({prompt, constraints (JSON)}: the rule judge
+    reward reads the constraints), none of them held out."""
+    import datasets
+
+    from rlft.tasks import ifcheck
+
+    rows = ifcheck.preference_rows(n, seed + 1, exclude={p["prompt"] for p in heldout or []})
+    return datasets.Dataset.from_list([
+        {"prompt": _with_system([{"role": "user", "content": r["prompt"]}], system_prompt),
+         "constraints": r["constraints"]} for r in rows])
+
+
 def _preference_row(prompt: list[dict], chosen: str, rejected: str, score_chosen=None, score_rejected=None) -> dict:
     """TRL's conversational preference format, plus the scores a regression reward model needs."""
     return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],

@@ -1,0 +1,91 @@
+"""Reward functions for stage=rloo, in TRL's callable contract:
+f(prompts, completions, completion_ids, **dataset_columns) -> list[float | None], None = unscorable.
+
+Each is built from the `reward` config group (configs/reward/), which names them and their weights:
+
+    reward=countdown   the TinyZero verifier (0 / 0.1 / 1) on the dataset's nums and target
+    reward=ifcheck     the rule judge of the offline instruction task (fraction of constraints met)
+    reward=rm          a trained reward model (stage=rm's model/) through rlft.reward's scoring contract,
+                       so it sees exactly the tokens it was trained on (TRL's own path re-tokenises)
+
+`guarded` wraps every one: a function that raises, returns NaN/inf or the wrong count marks the
+batch's samples unscorable (they leave the RLOO baseline and get advantage 0) and counts them
+in the metrics as unscorable/<name>; the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+logger = logging.getLogger(__name__)
+
+
+def _text(completion) -> str:
+    """A completion as text: conversational completions are [{"role": "assistant", "content": ...}]."""
+    if isinstance(completion, list):
+        return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
+    return str(completion)
+
+
+def countdown_reward():
+    """TinyZero's Countdown score of each completion (rlft.tasks.countdown.score; never evals)."""
+    from rlft.tasks import countdown
+
+    def countdown_score(prompts, completions, nums, target, **kwargs):
+        return [countdown.score(_text(c), n, t) for c, n, t in zip(completions, nums, target, strict=True)]
+
+    return countdown_score
+
+
+def ifcheck_reward():
+    """The ifcheck rule judge: the fraction of a prompt's constraints the completion satisfies."""
+    import json
+
+    from rlft.tasks import ifcheck
+
+    def ifcheck_judge(prompts, completions, constraints, **kwargs):
+        return [ifcheck.judge(_text(c), json.loads(cs) if isinstance(cs, str) else cs)
+                for c, cs in zip(completions, constraints, strict=True)]
+
+    return ifcheck_judge
+
+
+def reward_model_reward(path: str, fmt: str = "chat", max_length: int = 1024, batch_size: int = 32,
+                        dtype: str = "float32"):
+    """A trained sequence-classification reward model scored through rlft.reward.score."""
+    from accelerate import PartialState
+
+    from rlft import models, reward
+
+    model = models.load_reward_model(path, dtype).to(PartialState().device)
+    model.eval()
+    tokenizer = models.load_tokenizer(path, chat_template="chatml" if fmt == "chat" else None)
+
+    def reward_model(prompts, completions, **kwargs):
+        prompts = [p if isinstance(p, list) else [{"role": "user", "content": str(p)}] for p in prompts]
+        return reward.score(model, tokenizer, prompts, [_text(c) for c in completions], fmt, max_length, batch_size)
+
+    return reward_model
+
+
+def guarded(name: str, fn):
+    """`fn` that never crashes a run: exceptions, non-finite values and wrong counts become None
+    (unscorable), counted in the metrics as unscorable/<name>."""
+
+    def call(prompts, completions, **kwargs):
+        n = len(completions)
+        try:
+            values = list(fn(prompts, completions, **kwargs))
+            if len(values) != n:
+                raise ValueError(f"returned {len(values)} rewards for {n} completions")
+        except Exception as e:  # a reward function must not end a long run: the batch goes unscored instead
+            logger.warning("reward %s failed on a batch of %d: %s: %s", name, n, type(e).__name__, e)
+            values = [None] * n
+        out = [float(v) if v is not None and math.isfinite(float(v)) else None for v in values]
+        if "log_metric" in kwargs:
+            kwargs["log_metric"](f"unscorable/{name}", sum(v is None for v in out))
+        return out
+
+    call.__name__ = name  # TRL names the reward's metrics after the callable
+    return call

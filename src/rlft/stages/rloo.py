@@ -1,0 +1,87 @@
+"""REINFORCE leave-one-out (RLOO) with rlft's fused kernels: a subclass of trl.RLOOTrainer.
+
+    rlft train stage=rloo model=tiny data=countdown reward=countdown init_from=runs/sft/model run_dir=runs/rloo max_steps=2
+    rlft train stage=rloo model=tiny data=ifcheck reward=rm reward.path=runs/rm/model init_from=runs/sft/model
+    rlft train experiment=tiny_math_rloo          # the tiny Countdown row "SFT + RLOO" (make demo)
+
+k samples per prompt (stage.trainer.num_generations), each scored by the `reward` group's
+functions (weighted sum; a function that fails marks samples unscorable, never ends the run),
+KL to the init_from model as a reward penalty. Writes run_dir/model (with peft also adapter/),
+and, when the data preset has held-out prompts, run_dir/results.json (and, where the task's judge
+gives per-prompt scores, the win-rate against the init_from model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def main(cfg) -> tuple[dict | None, dict]:
+    from transformers import set_seed
+
+    from rlft import models, rewards
+    from rlft.config import build
+    from rlft.metrics import metrics_logger, win_rate
+
+    # 1. seed and prompts first, so a bad data file fails before any model loads
+    set_seed(cfg.seed)
+    if not cfg.data.get("prompt_dataset"):
+        from rlft.errors import UserError
+
+        raise UserError(f"stage=rloo needs prompts: data={cfg.data.name} has no prompt_dataset")
+    train_dataset = build(cfg.data.prompt_dataset)
+    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") else None
+
+    # 2. policy (the reference is the same weights: TRL loads it, or disables the adapter with peft)
+    path = models.resolve_model_path(cfg.model, cfg.init_from)
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
+    model = models.load_causal_lm(path, cfg.model.dtype, cfg.peft.quantization)
+    peft_config = build(cfg.peft.config) if cfg.peft.get("config") else None
+
+    # 3. rewards, each guarded, weighted in config order
+    names = list(cfg.reward.funcs)
+    reward_funcs = [rewards.guarded(name, build(cfg.reward.funcs[name])) for name in names]
+    args = build(cfg.stage.trainer, reward_weights=[float(cfg.reward.weights[name]) for name in names])
+    args.generation_kwargs = {**(args.generation_kwargs or {}), "eos_token_id": models.stop_token_ids(tokenizer)}
+
+    # 4. trainer: rlft.rloo.RLOOTrainer (or stock trl.RLOOTrainer) from stage.algorithm
+    trainer = build(cfg.stage.algorithm)(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[metrics_logger(cfg.run_dir)],
+    )
+
+    # 5. train (resume=true continues from the newest checkpoint in run_dir/checkpoints)
+    resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+
+    # 6. save model/ (with peft: adapter/ too, merged into model/)
+    policy = models.save_trained(trainer, cfg.run_dir, path, tokenizer, cfg.model.dtype, peft_config is not None)
+
+    # 7. held-out evaluation with the task's judge; win-rate against the start where it scores per prompt
+    results = None
+    if policy is not None and heldout:
+        evaluate = build(cfg.data.evaluate)
+        results = {"heldout": evaluate(policy, tokenizer, heldout)}
+        if "scores" in results["heldout"]:
+            ref = evaluate(models.load_causal_lm(path, cfg.model.dtype), tokenizer, heldout)
+            results |= {"reference": ref, "vs_reference": win_rate(results["heldout"]["scores"], ref["scores"])}
+    card = {
+        "base_model": path,
+        "reference_model": path,
+        "trainer": cfg.stage.algorithm._target_,
+        "rewards": {name: float(cfg.reward.weights[name]) for name in names},
+        "train_prompts": len(train_dataset),
+        "steps": trainer.state.global_step,
+        "k": args.num_generations,
+        "beta": args.beta,
+        "learning_rate": args.learning_rate,
+        "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
+        "max_completion_length": args.max_completion_length,
+        "temperature": args.temperature,
+    }
+    return results, card

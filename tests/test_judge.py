@@ -1,0 +1,313 @@
+"""Judges: the rule judge, and the reward-model endpoint against a real local HTTP server whose
+reply depends on the request (so order, retries, bounds and failures are observable)."""
+
+import collections
+import json
+import socket
+import threading
+import time
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from rlft import judge
+from rlft.errors import UserError
+from rlft.metrics import win_rate
+from rlft.tasks import ifcheck
+
+TINY = 0.001  # retry backoff in tests: real retries, no real waiting
+KEY_ENV = "RLFT_TEST_JUDGE_KEY"
+
+
+def length_reward(text: str) -> float:
+    """What the test server's "length" mode scores a response: its length less 10.5 (negative for
+    short answers, as Nemotron's rewards often are)."""
+    return len(text) - 10.5
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_no_key(monkeypatch):
+    """A proxy in the environment must not intercept 127.0.0.1, and no real key may leak in."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+@pytest.fixture
+def server():
+    """A chat-completions endpoint on 127.0.0.1; the first path segment picks how it behaves:
+      length    reward from the assistant content's length (small varying delays reorder replies)
+      echo      the assistant content itself as the reply
+      flaky503  HTTP 503 twice, then length (flaky429: the same with 429)
+      down      always HTTP 500
+      bad400    always HTTP 400
+      notjson   200 with an HTML body
+      slow      length after 0.1 s, counting requests in flight
+      auth      length if Authorization is "Bearer sekrit", else 401
+      hang      answers after 2 s
+    Yields (root URL, state with per-mode call counts, the peak in flight and the requests seen)."""
+    state = types.SimpleNamespace(lock=threading.Lock(), calls=collections.Counter(), in_flight=0, peak=0,
+                                  seen=[])
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def do_POST(self):
+            mode, _, rest = self.path.strip("/").partition("/")
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with state.lock:
+                state.calls[mode] += 1
+                n = state.calls[mode]
+                state.seen.append({"mode": mode, "path": rest, "body": body, "auth": self.headers.get("Authorization")})
+                state.in_flight += 1
+                state.peak = max(state.peak, state.in_flight)
+            try:
+                status, payload = self.answer(mode, n, body["messages"][-1]["content"])
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+            self.reply(status, payload)
+
+        def answer(self, mode: str, n: int, text: str) -> tuple[int, bytes]:
+            def chat(content: str) -> bytes:
+                message = {"role": "assistant", "content": content}
+                return json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
+
+            if mode == "length":
+                time.sleep(0.003 * (len(text) % 4))
+                return 200, chat(f"reward:{length_reward(text)}")
+            if mode == "echo":
+                return 200, chat(text)
+            if mode.startswith("flaky"):
+                return (int(mode[5:]), b'{"error": "busy"}') if n <= 2 else (200, chat(f"reward:{length_reward(text)}"))
+            if mode == "down":
+                return 500, b'{"error": "model crashed"}'
+            if mode == "bad400":
+                return 400, b'{"error": "messages malformed"}'
+            if mode == "notjson":
+                return 200, b"<html>oops</html>"
+            if mode == "slow":
+                time.sleep(0.1)
+                return 200, chat(f"reward:{length_reward(text)}")
+            if mode == "auth":
+                ok = self.headers.get("Authorization") == "Bearer sekrit"
+                return (200, chat(f"reward:{length_reward(text)}")) if ok else (401, b'{"error": "bad key"}')
+            if mode == "hang":
+                time.sleep(2)
+                return 200, chat("reward:0")
+            return 404, b"{}"
+
+        def reply(self, status: int, payload: bytes):
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):  # the client timed out first ("hang")
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)  # quick shutdown
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def prompts_for(n: int) -> list[list[dict]]:
+    return [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"question {i}"}]
+            for i in range(n)]
+
+
+def scores(base: str, responses: list[str], **kwargs) -> list[float]:
+    kwargs.setdefault("backoff", TINY)
+    return judge.endpoint_scores(prompts_for(len(responses)), responses, base, "nemotron-test", **kwargs)
+
+
+# --------------------------------------------------------------------------- endpoint: results
+
+def test_scores_come_back_in_input_order(server):
+    root, state = server
+    responses = ["x" * n for n in [17, 3, 29, 1, 8, 22, 5, 11, 40, 2, 13, 9]]
+    assert scores(f"{root}/length", responses, concurrency=4) == [length_reward(r) for r in responses]
+    assert state.calls["length"] == len(responses)
+
+
+def test_request_is_the_prompt_plus_the_response_as_assistant_turn(server):
+    root, state = server
+    scores(f"{root}/length/", ["an answer"])  # a trailing slash on base_url is fine
+    (req,) = state.seen
+    assert req["path"] == "chat/completions"
+    assert req["body"] == {"model": "nemotron-test", "messages": prompts_for(1)[0] + [
+        {"role": "assistant", "content": "an answer"}]}
+    assert req["auth"] is None  # no key in the environment: no Authorization header
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("reward:-12.5", -12.5), ("reward: 3", 3.0), ("  reward:+1.5e1\n", 15.0), ("reward:0.25E-2", 0.0025),
+])
+def test_reward_formats_parse(server, content, expected):
+    root, _ = server
+    assert scores(f"{root}/echo", [content]) == [expected]
+
+
+def test_empty_input_sends_nothing(server):
+    root, state = server
+    assert scores(f"{root}/length", []) == []
+    assert not state.calls
+
+
+# --------------------------------------------------------------------------- endpoint: retries
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_busy_server_is_retried_then_scores(server, status):
+    root, state = server
+    assert scores(f"{root}/flaky{status}", ["abc"], max_retries=3) == [length_reward("abc")]
+    assert state.calls[f"flaky{status}"] == 3  # two refusals, one success
+
+
+def test_server_error_gives_up_after_max_retries_naming_the_url(server):
+    root, state = server
+    with pytest.raises(UserError) as e:
+        scores(f"{root}/down", ["abc"], max_retries=2)
+    assert state.calls["down"] == 3  # the first try and two retries
+    msg = str(e.value)
+    assert f"{root}/down" in msg and "HTTP 500" in msg and "model crashed" in msg and "\n" not in msg
+
+
+def test_client_error_is_not_retried(server):
+    root, state = server
+    with pytest.raises(UserError, match="HTTP 400.*messages malformed"):
+        scores(f"{root}/bad400", ["abc"], max_retries=3)
+    assert state.calls["bad400"] == 1
+
+
+def test_closed_port_is_unreachable_fast():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}/v1"
+    start = time.monotonic()
+    with pytest.raises(UserError, match=f"^judge endpoint {base} unreachable: "):
+        scores(base, ["abc", "def"], max_retries=2)
+    assert time.monotonic() - start < 5
+
+
+def test_timeout_is_retried_then_unreachable(server):
+    root, state = server
+    with pytest.raises(UserError, match=f"judge endpoint {root}/hang unreachable: .*timed out"):
+        scores(f"{root}/hang", ["abc"], timeout=0.2, max_retries=1)
+    assert state.calls["hang"] == 2
+
+
+# --------------------------------------------------------------------------- endpoint: bad replies
+
+def test_unparsable_reward_names_the_sample_and_quotes_the_reply(server):
+    root, _ = server
+    bad = "no reward here " + "x" * 200
+    with pytest.raises(UserError) as e:
+        scores(f"{root}/echo", ["reward:1", "reward:2", bad, "reward:4"], concurrency=1)
+    msg = str(e.value)
+    assert f"{root}/echo" in msg and "sample 2" in msg
+    assert repr(bad[:80]) in msg and bad[:81] not in msg
+
+
+@pytest.mark.parametrize("hostile", [
+    "reward:__import__('os').system('x')",
+    "reward:1; __import__('os').system('x')",  # a valid prefix is not enough
+    "reward:1e999",  # overflows to inf
+    "reward:nan",
+])
+def test_hostile_reward_text_is_rejected_not_evaluated(server, monkeypatch, hostile):
+    import os
+
+    ran = []
+    monkeypatch.setattr(os, "system", lambda cmd: ran.append(cmd) or 0)
+    root, _ = server
+    with pytest.raises(UserError, match="sample 0"):
+        scores(f"{root}/echo", [hostile])
+    assert not ran
+
+
+def test_reply_that_is_not_chat_completions_names_the_sample(server):
+    root, _ = server
+    with pytest.raises(UserError, match=r"sample 0: '<html>oops</html>'"):
+        scores(f"{root}/notjson", ["abc"])
+
+
+def test_non_http_url_is_refused():
+    with pytest.raises(UserError, match="http:// or https://"):
+        scores("file:///etc", ["abc"])
+
+
+def test_mismatched_lengths_are_refused(server):
+    root, _ = server
+    with pytest.raises(UserError, match="2 prompts but 1 responses"):
+        judge.endpoint_scores(prompts_for(2), ["abc"], f"{root}/length", "m", backoff=TINY)
+
+
+# --------------------------------------------------------------------------- endpoint: concurrency and keys
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_requests_in_flight_are_bounded_by_concurrency(server, concurrency):
+    root, state = server
+    responses = ["r" * n for n in range(1, 9)]
+    assert scores(f"{root}/slow", responses, concurrency=concurrency) == [length_reward(r) for r in responses]
+    assert state.peak <= concurrency
+    if concurrency > 1:
+        assert state.peak > 1  # requests really overlap
+
+
+def test_api_key_comes_from_the_named_env_var(server, monkeypatch):
+    root, state = server
+    monkeypatch.setenv(KEY_ENV, "sekrit")
+    assert scores(f"{root}/auth", ["abc"], api_key_env=KEY_ENV) == [length_reward("abc")]
+    assert state.seen[-1]["auth"] == "Bearer sekrit"
+
+
+def test_missing_key_401_says_to_set_the_env_var(server):
+    root, state = server
+    with pytest.raises(UserError, match=f"HTTP 401.*set {KEY_ENV}"):
+        scores(f"{root}/auth", ["abc"], api_key_env=KEY_ENV, max_retries=3)
+    assert state.calls["auth"] == 1  # a refused key is not retried
+
+
+def test_wrong_key_401_names_the_env_var_not_the_key(server, monkeypatch):
+    root, _ = server
+    monkeypatch.setenv(KEY_ENV, "wrong-key")
+    with pytest.raises(UserError, match=f"check the API key in {KEY_ENV}") as e:
+        scores(f"{root}/auth", ["abc"], api_key_env=KEY_ENV)
+    assert "wrong-key" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- win rate and the other judges
+
+def test_win_rate_over_endpoint_scores_of_two_models(server):
+    root, _ = server
+    ours = ["a long answer", "short", "same length!", "a much longer answer here"]
+    reference = ["short", "a long answer", "equal sizes!", "mid answer"]
+    result = win_rate(scores(f"{root}/length", ours, concurrency=2), scores(f"{root}/length", reference))
+    assert (result["wins"], result["ties"], result["losses"]) == (2, 1, 1)
+    assert result["win_rate"]["value"] == pytest.approx(2.5 / 4) and result["win_rate"]["n"] == 4
+
+
+def test_rule_scores_are_ifcheck_per_sample():
+    rows = ifcheck.preference_rows(30, seed=0)
+    constraints = [row["constraints"] for row in rows]  # JSON strings, as ifcheck rows store them
+    assert judge.rule_scores([row["chosen"] for row in rows], constraints) == [1.0] * 30
+    rejected = judge.rule_scores([row["rejected"] for row in rows], [json.loads(c) for c in constraints])
+    assert rejected == [ifcheck.judge(row["rejected"], json.loads(row["constraints"])) for row in rows]
+    assert all(s < 1.0 for s in rejected)
+    result = win_rate(judge.rule_scores([row["chosen"] for row in rows], constraints), rejected)
+    assert result["wins"] == 30
+
+
+def test_judges_refuse_unpaired_inputs_before_scoring():
+    with pytest.raises(UserError, match="rule judge: 2 constraint lists but 1 responses"):
+        judge.rule_scores(["a"], [[{"kind": "caps"}], [{"kind": "caps"}]])
+    with pytest.raises(UserError, match="reward-model judge: 1 prompts but 2 responses"):
+        judge.reward_model_scores(None, None, prompts_for(1), ["a", "b"], "chat", 64)
