@@ -1,0 +1,161 @@
+"""rlft.rloo.RLOOTrainer against stock trl.RLOOTrainer: the copied methods still match upstream
+outside the fences, the fused head matches TRL's, and whole runs agree step by step."""
+
+import inspect
+import math
+
+import pytest
+import torch
+
+from rlft import rloo
+
+
+def _fenced_diff(ours: str, upstream: str) -> list[str]:
+    """Lines where `ours` differs from `upstream` outside `# --- rlft: begin/end` fences."""
+    import difflib
+
+    a, b = upstream.splitlines(), ours.splitlines()
+    fenced, inside = set(), False
+    for j, line in enumerate(b):
+        if line.strip().startswith("# --- rlft: begin"):
+            inside = True
+        if inside:
+            fenced.add(j)
+        if line.strip().startswith("# --- rlft: end"):
+            inside = False
+    bad = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        ours_lines = set(range(j1, j2)) or {j1 - 1, j1}  # a pure deletion must sit at a fence
+        if not ours_lines & fenced or (j2 > j1 and not ours_lines <= fenced):
+            bad.append(f"{tag} upstream {i1}-{i2} / ours {j1}-{j2}: {a[i1:i2][:2]} -> {b[j1:j2][:2]}")
+    return bad
+
+
+@pytest.mark.parametrize("name", rloo.COPIED_FROM_TRL)
+def test_copied_methods_equal_upstream_outside_fences(name):
+    import trl
+
+    ours = inspect.getsource(getattr(rloo.RLOOTrainer, name))
+    upstream = inspect.getsource(getattr(trl.RLOOTrainer, name))
+    assert ours != upstream
+    assert _fenced_diff(ours, upstream) == []
+
+
+def test_fence_check_catches_an_unfenced_edit():
+    upstream = "def f():\n    a = 1\n    b = 2\n    return a + b\n"
+    fenced = "def f():\n    # --- rlft: begin\n    a = 3\n    # --- rlft: end\n    b = 2\n    return a + b\n"
+    assert _fenced_diff(fenced, upstream) == []
+    assert _fenced_diff(fenced.replace("b = 2", "b = 5"), upstream)
+    assert _fenced_diff(upstream.replace("    b = 2\n", ""), upstream)  # an unfenced deletion
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_head_matches_trls(tiny_base, temperature):
+    from trl.trainer.utils import add_fused_lm_head as trl_add_fused_lm_head
+
+    from rlft import models
+
+    ids = torch.randint(0, 500, (3, 11), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    labels[2, 8:] = -100
+    out = {}
+    for who in ("trl", "rlft"):
+        model = models.load_causal_lm(tiny_base)
+        trl_add_fused_lm_head(model, temperature=temperature, outputs=("log_probs", "entropy"))
+        if who == "rlft":
+            assert rloo.add_fused_lm_head(model, temperature, with_entropy=True)
+        o = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
+        (o.log_probs.sum() + 0.1 * o.entropy.sum()).backward()
+        out[who] = (o.log_probs.detach(), o.entropy.detach(), o.label_mask,
+                    {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        # generation still runs the model's own forward
+        assert model(input_ids=ids).logits.shape == (3, 11, model.config.vocab_size)
+    (lp_a, ent_a, m_a, g_a), (lp_b, ent_b, m_b, g_b) = out["trl"], out["rlft"]
+    assert torch.equal(m_a, m_b) and (lp_b[~m_b] == 0).all()
+    torch.testing.assert_close(lp_b, lp_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent_b, ent_a, atol=1e-5, rtol=1e-5)
+    assert g_a.keys() == g_b.keys()
+    for name in g_a:
+        torch.testing.assert_close(g_b[name], g_a[name], atol=1e-5, rtol=1e-4)
+
+
+def _reward(prompts, completions, **kwargs):
+    """Varied, deterministic in the text: distinct characters of the completion."""
+    return [len(set(c[0]["content"])) / 10 for c in completions]
+
+
+def _run(cls, tiny_base, tmp_path, beta, reward_funcs=(_reward,), steps=3):
+    import datasets
+    from trl import RLOOConfig
+
+    from rlft import models
+
+    rows = [{"prompt": [{"role": "user", "content": f"say {i} {i * 7}"}]} for i in range(24)]
+    args = RLOOConfig(output_dir=str(tmp_path / cls.__module__), num_generations=4, per_device_train_batch_size=8,
+                      gradient_accumulation_steps=1, max_completion_length=10, beta=beta, learning_rate=1e-3,
+                      max_steps=steps, logging_steps=1, report_to=[], bf16=False, seed=0, save_strategy="no",
+                      use_cpu=True, temperature=1.0, normalize_advantages=True)
+    calls = []
+    trainer = cls(model=models.load_causal_lm(tiny_base), reward_funcs=list(reward_funcs), args=args,
+                  train_dataset=datasets.Dataset.from_list(rows), processing_class=models.load_tokenizer(tiny_base))
+    original = trainer._get_per_token_logps_and_entropies
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: calls.append(1) or original(*a, **k)
+    trainer.train()
+    return trainer, len(calls)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.03])
+def test_same_advantages_losses_and_weights_as_stock_trl(tiny_base, tmp_path, beta):
+    import trl
+
+    stock, stock_calls = _run(trl.RLOOTrainer, tiny_base, tmp_path, beta)
+    ours, our_calls = _run(rloo.RLOOTrainer, tiny_base, tmp_path, beta)
+    assert ours.fused_lm_head
+    a, b = list(stock._logs["advantages"]), list(ours._logs["advantages"])  # the last step's (TRL keeps one)
+    assert len(a) == len(b) == 8 and any(abs(x) > 0.1 for x in a)
+    assert [c for c in stock._logs["completion"]] == [c for c in ours._logs["completion"]]  # same samples drawn
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), atol=1e-4, rtol=1e-4)
+    logs_a = [r for r in stock.state.log_history if "loss" in r]
+    logs_b = [r for r in ours.state.log_history if "loss" in r]
+    for key in ("loss", "reward", "grad_norm", "entropy") + (("kl",) if beta else ()):
+        assert [r[key] for r in logs_b] == pytest.approx([r[key] for r in logs_a], rel=1e-4, abs=1e-5), key
+    for (name, p), q in zip(stock.model.named_parameters(), ours.model.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4, msg=name)
+    # on-policy with beta = 0 the old-log-prob forward is skipped: the equalities above are the proof
+    assert ours.skip_old_logps == (beta == 0.0)
+    per_step = 3 if beta else 2  # forwards per step: old, (reference,) loss
+    assert stock_calls == 3 * per_step
+    assert our_calls == 3 * (per_step - (beta == 0.0))
+
+
+def test_failing_reward_marks_samples_unscorable_and_the_run_goes_on(tiny_base, tmp_path):
+    from rlft.rewards import guarded
+
+    state = {"calls": 0}
+
+    def flaky(prompts, completions, **kwargs):
+        state["calls"] += 1
+        if state["calls"] == 2:
+            raise RuntimeError("judge crashed")
+        return [math.nan if i % 4 == 0 else len(c[0]["content"]) / 10 for i, c in enumerate(completions)]
+
+    trainer, _ = _run(rloo.RLOOTrainer, tiny_base, tmp_path, 0.0, reward_funcs=(guarded("flaky", flaky),))
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    assert [r["unscorable/flaky"] for r in logs] == [2.0, 8.0, 2.0]  # NaN every 4th; all 8 when it raised
+    assert logs[1]["reward"] is None or math.isnan(logs[1]["reward"])
+    assert logs[1]["grad_norm"] == 0.0 and logs[0]["grad_norm"] > 0  # unscorable samples move nothing
+    assert trainer.state.global_step == 3
+
+
+def test_guarded_reward_contract():
+    from rlft.rewards import guarded
+
+    seen = []
+    f = guarded("x", lambda prompts, completions, **k: [1, float("inf"), None, 0.5])
+    assert f(["p"] * 4, ["c"] * 4, log_metric=lambda name, v: seen.append((name, v))) == [1.0, None, None, 0.5]
+    assert seen == [("unscorable/x", 2)]
+    assert guarded("y", lambda prompts, completions, **k: [1.0])(["p"] * 2, ["c"] * 2) == [None, None]
+    assert guarded("x", _reward).__name__ == "x"
