@@ -65,3 +65,17 @@ def changed_tensors(before: dict, after: dict) -> list[str]:
     import torch
 
     return [k for k in before if k in after and not torch.equal(before[k], after[k])]
+
+
+@pytest.fixture(scope="session")
+def countdown_sft(tmp_path_factory, tiny_base) -> str:
+    """A tiny model given 60 SFT steps on Countdown: enough to write <answer> tags, so the
+    verifier's reward varies (an untrained model scores 0 everywhere and RLOO has no signal)."""
+    from rlft.cli import main
+
+    run_dir = tmp_path_factory.mktemp("countdown-sft") / "run"
+    code = main(["train", "experiment=tiny_math_sft", f"run_dir={run_dir}", "max_steps=60",
+                 "data.sft_dataset.n=3840", "data.heldout.n=8", "stage.trainer.warmup_steps=5",
+                 "stage.trainer.logging_steps=30", "report_to=[]"])
+    assert code == 0
+    return str(run_dir / "model")

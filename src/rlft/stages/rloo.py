@@ -32,19 +32,20 @@ def main(cfg) -> tuple[dict | None, dict]:
     train_dataset = build(cfg.data.prompt_dataset)
     heldout = build(cfg.data.heldout) if cfg.data.get("heldout") else None
 
-    # 2. policy (the reference is the same weights: TRL loads it, or disables the adapter with peft)
+    # 2. rewards, each guarded, weighted in config order (a bad reward-model path fails here, early too)
+    names = list(cfg.reward.funcs)
+    reward_funcs = [rewards.guarded(name, build(cfg.reward.funcs[name])) for name in names]
+
+    # 3. policy (the reference is the same weights: TRL loads it, or disables the adapter with peft)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
     model = models.load_causal_lm(path, cfg.model.dtype, cfg.peft.quantization)
     peft_config = build(cfg.peft.config) if cfg.peft.get("config") else None
 
-    # 3. rewards, each guarded, weighted in config order
-    names = list(cfg.reward.funcs)
-    reward_funcs = [rewards.guarded(name, build(cfg.reward.funcs[name])) for name in names]
+    # 4. trainer: rlft.rloo.RLOOTrainer (or stock trl.RLOOTrainer) from stage.algorithm; every TRL
+    # knob from stage.trainer (trl.RLOOConfig); generation stops at the end of the assistant turn
     args = build(cfg.stage.trainer, reward_weights=[float(cfg.reward.weights[name]) for name in names])
     args.generation_kwargs = {**(args.generation_kwargs or {}), "eos_token_id": models.stop_token_ids(tokenizer)}
-
-    # 4. trainer: rlft.rloo.RLOOTrainer (or stock trl.RLOOTrainer) from stage.algorithm
     trainer = build(cfg.stage.algorithm)(
         model=model,
         reward_funcs=reward_funcs,
