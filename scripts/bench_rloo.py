@@ -1,0 +1,182 @@
+"""RLOO hot-loop benchmark: rlft's fused log-prob path vs TRL's, then a whole RLOO step.
+
+    python scripts/bench_rloo.py                      # part 1 at Qwen2.5-0.5B shapes + part 2 (CPU: ~10 min)
+    python scripts/bench_rloo.py --part 1 --tokens 512 4096
+    python scripts/bench_rloo.py --part 2 --steps 8
+
+Part 1: per-token log-probs of N sampled tokens from hidden states (N, 896) and Qwen2.5's lm_head
+(151,936 x 896), forward + backward (the policy's loss pass) and forward only (the old and
+reference passes), each case in a fresh subprocess so its peak memory is its own:
+    full     TRL's formula: logits = hidden @ W.T, then trl's selective_log_softmax (the [N, V]
+             logits and their gradient are materialised)
+    trl      trl 1.16's own ChunkedLogProbFunction (what its RLOOTrainer runs since 1.x)
+    rlft     rlft.kernels.linear_logprobs
+"extra peak" is the process's peak RSS (CPU) or peak allocated memory (CUDA) above what the
+inputs already hold; the weight gradient (545 MB fp32) is in every path's number.
+Targets: rlft extra peak <= 1/8 of full at 4,096 tokens; time <= 1.0x full.
+
+Part 2: a full RLOO training step on the tiny model, rlft.rloo.RLOOTrainer vs stock
+trl.RLOOTrainer, same config and seed (the same samples are drawn): completion tokens/s and the
+ratio, with the paper's KL (beta 0.03) and without (beta 0, where rlft also skips the old forward).
+On a CUDA box the same script runs the Triton kernels for real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+QWEN_HIDDEN, QWEN_VOCAB = 896, 151_936
+
+
+def _peak_bytes(device) -> int:
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def one_case(path: str, tokens: int, backward: bool, dtype: str) -> dict:
+    """Runs in its own process: one path, one size; returns seconds and extra peak bytes."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dt = getattr(torch, dtype)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    weight = (torch.randn(QWEN_VOCAB, QWEN_HIDDEN, generator=g) * 0.02).to(device, dt).requires_grad_(backward)
+    targets = torch.randint(0, QWEN_VOCAB, (tokens,), generator=g).to(device)
+
+    def hidden_of(n):
+        return torch.randn(n, QWEN_HIDDEN, generator=g).to(device, dt).requires_grad_(backward)
+
+    def run(hidden, tgt):
+        if path == "full":
+            from trl.trainer.utils import selective_log_softmax
+
+            logp = selective_log_softmax(hidden @ weight.t(), tgt)
+        elif path == "trl":
+            from trl.kernels import ChunkedLogProbFunction
+
+            logp = ChunkedLogProbFunction.apply(hidden, weight, None, tgt, 1.0, 32768, None, 1.0, ("log_probs",))[0]
+        else:
+            from rlft.kernels import linear_logprobs
+
+            logp = linear_logprobs(hidden, weight, tgt)[0]
+        if backward:
+            logp.sum().backward()
+        return logp
+
+    import trl.kernels  # noqa: F401  imports before the baseline (no warm-up run: peak RSS cannot be reset)
+    import trl.trainer.utils  # noqa: F401
+
+    import rlft.kernels  # noqa: F401
+
+    with torch.set_grad_enabled(backward):
+        hidden = hidden_of(tokens)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = _peak_bytes(device)
+        start = time.perf_counter()
+        run(hidden, targets)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        extra = _peak_bytes(device) - base
+    return {"path": path, "tokens": tokens, "backward": backward, "seconds": seconds, "extra_bytes": max(extra, 0),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"}
+
+
+def part1(token_counts: list[int], dtype: str) -> None:
+    print(f"== part 1: log-probs at Qwen2.5-0.5B shapes (hidden {QWEN_HIDDEN}, vocab {QWEN_VOCAB:,}), {dtype}")
+    for backward in (True, False):
+        print(f"\n{'forward + backward (policy loss pass)' if backward else 'forward only, no grad (old / reference passes)'}")
+        print(f"{'tokens':>7} | {'full s':>7} {'full MB':>8} | {'trl s':>7} {'trl MB':>8} | {'rlft s':>7} {'rlft MB':>8}"
+              f" | {'mem full/rlft':>13} {'time rlft/full':>14} {'time rlft/trl':>13}")
+        for tokens in token_counts:
+            row = {}
+            for path in ("full", "trl", "rlft"):
+                out = subprocess.run([sys.executable, __file__, "--case", path, str(tokens), str(int(backward)), dtype],
+                                     capture_output=True, text=True, env=os.environ)
+                if out.returncode:
+                    sys.exit(f"case {path} {tokens} failed:\n{out.stderr[-2000:]}")
+                row[path] = json.loads(out.stdout.strip().splitlines()[-1])
+            mb = {p: row[p]["extra_bytes"] / 2**20 for p in row}
+            s = {p: row[p]["seconds"] for p in row}
+            print(f"{tokens:>7} | {s['full']:>7.2f} {mb['full']:>8.0f} | {s['trl']:>7.2f} {mb['trl']:>8.0f} | "
+                  f"{s['rlft']:>7.2f} {mb['rlft']:>8.0f} | {mb['full'] / max(mb['rlft'], 1):>12.1f}x "
+                  f"{s['rlft'] / s['full']:>13.2f}x {s['rlft'] / s['trl']:>12.2f}x", flush=True)
+    print(f"device: {row['rlft']['device']}")
+
+
+def part2(steps: int) -> None:
+    import datasets
+    import torch
+    import trl
+    from trl import RLOOConfig
+
+    from rlft import models, rewards, rloo
+    from rlft.config import build, compose
+
+    cfg = compose(["model=tiny", "data=countdown_tiny"])
+    path = build(cfg.model.build)
+    prompts = build(cfg.data.prompt_dataset, n=64)
+    reward = rewards.guarded("countdown", rewards.countdown_reward())
+    print(f"\n== part 2: RLOO steps on the tiny model ({path}), {steps} timed steps after 1 warm-up, "
+          f"k=4, 16 completions x 48 tokens per step, threads={torch.get_num_threads()}")
+    for beta in (0.03, 0.0):
+        rate = {}
+        for name, cls in (("trl", trl.RLOOTrainer), ("rlft", rloo.RLOOTrainer)):
+            args = RLOOConfig(output_dir=f"/tmp/bench_rloo_{name}", num_generations=4, per_device_train_batch_size=16,
+                              gradient_accumulation_steps=1, max_completion_length=48, beta=beta, learning_rate=1e-5,
+                              max_steps=steps + 1, logging_steps=1, report_to=[], bf16=False, seed=0,
+                              save_strategy="no", use_cpu=not torch.cuda.is_available(), temperature=1.0)
+            args.generation_kwargs = {"min_new_tokens": 48}  # both trainers decode exactly the same length
+            tokenizer = models.load_tokenizer(path)
+            trainer = cls(model=models.load_causal_lm(path), reward_funcs=[reward], args=args, train_dataset=prompts,
+                          processing_class=tokenizer)
+            times = []
+
+            class Clock(__import__("transformers").TrainerCallback):
+                def on_step_begin(self, *a, **k):
+                    times.append(time.perf_counter())
+
+                def on_step_end(self, *a, **k):
+                    times[-1] = time.perf_counter() - times[-1]
+
+            trainer.add_callback(Clock())
+            trainer.train()
+            seconds = sum(times[1:])
+            rate[name] = steps * 16 * 48 / seconds
+        print(f"beta={beta}: stock trl {rate['trl']:8.0f} completion tokens/s | rlft {rate['rlft']:8.0f} | "
+              f"ratio rlft/trl {rate['rlft'] / rate['trl']:.2f}x", flush=True)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--case":
+        path, tokens, backward, dtype = sys.argv[2:6]
+        print(json.dumps(one_case(path, int(tokens), bool(int(backward)), dtype)))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", type=int, choices=(1, 2))
+    parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--steps", type=int, default=6)
+    args = parser.parse_args()
+    if args.part in (None, 1):
+        part1(args.tokens, args.dtype)
+    if args.part in (None, 2):
+        part2(args.steps)
+
+
+if __name__ == "__main__":
+    main()
