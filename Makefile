@@ -2,7 +2,8 @@
 #   make demo        the tiny Countdown pipeline on CPU (offline): table + plots in runs/tiny_math/report
 #   make tiny-if     SFT -> reward models -> DPO on the offline instruction task (CPU)
 #   make test        unit + smoke tests (offline, CPU)       make test-slow   the long checks
-#   make bench       verifier throughput; batched best-of-N sampling vs one at a time
+#   make bench       verifier throughput; batched best-of-N sampling vs one at a time; the RLOO kernels
+#   make paper-math, make paper-if   the paper's tables: Qwen2.5-0.5B on a GPU box with the hub
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ RUNS ?= runs
 # Everything here runs offline on CPU; TRITON_INTERPRET must be set before triton is imported.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=1
 
-.PHONY: setup demo tiny-math tiny-if test test-slow bench clean
+.PHONY: setup demo tiny-math tiny-if paper-math paper-if test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -31,8 +32,9 @@ tiny-math: setup
 	$(OFFLINE) $(BIN)/rlft pipeline experiment=tiny_math
 
 # make tiny-if: the paper's instruction-following rows on the tiny model and the offline ifcheck
-# task: SFT, reward models (each variant, two backbones), DPO from the SFT model; the rule judge
-# scores held-out prompts and DPO's win-rate against its SFT start.
+# task: SFT, reward models (each variant, two backbones), DPO from the SFT model, RLOO from the SFT
+# model with the tiny Bradley-Terry reward model; the rule judge scores held-out prompts and the
+# win-rates of DPO and RLOO against their SFT start.
 tiny-if: setup
 	$(OFFLINE) $(BIN)/rlft train experiment=tiny_if_sft run_dir=$(RUNS)/tiny_if_sft overwrite=true
 	for rm in bt siamese regression; do for backbone in tiny tiny_deberta; do \
@@ -40,6 +42,42 @@ tiny-if: setup
 			run_dir=$(RUNS)/tiny_if_rm_$${rm}_$$backbone overwrite=true || exit 1; done; done
 	$(OFFLINE) $(BIN)/rlft train experiment=tiny_if_dpo init_from=$(RUNS)/tiny_if_sft/model \
 		run_dir=$(RUNS)/tiny_if_dpo overwrite=true
+	$(OFFLINE) $(BIN)/rlft train experiment=tiny_if_rloo init_from=$(RUNS)/tiny_if_sft/model \
+		reward.path=$(RUNS)/tiny_if_rm_bt_tiny/model run_dir=$(RUNS)/tiny_if_rloo overwrite=true
+	$(OFFLINE) $(BIN)/rlft report $(RUNS)/tiny_if_sft $(RUNS)/tiny_if_dpo $(RUNS)/tiny_if_rloo --out $(RUNS)/tiny_if_report
+
+# The paper's tables on a GPU box with the hub (Qwen2.5-0.5B Base; one experiment per table cell,
+# each skipped when its run dir is DONE). Multi-GPU: ACCELERATE="accelerate launch --config_file
+# configs/accelerate/multi_gpu.yaml -m". The IF win-rates need the paper's judge behind an
+# OpenAI-compatible endpoint: JUDGE_URL=http://HOST:PORT/v1 (key in OPENAI_API_KEY).
+RLFT_GPU ?= $(if $(ACCELERATE),$(ACCELERATE) rlft,$(BIN)/rlft)
+JUDGE_URL ?= http://127.0.0.1:8000/v1
+REFERENCE ?= Qwen/Qwen2.5-0.5B-Instruct
+PAPER_MATH := paper_math_sft paper_math_sft_synthetic paper_math_rloo paper_math_rloo_lora
+PAPER_IF := paper_if_sft paper_if_dpo paper_if_dpo_lora paper_if_rm_distilbert paper_if_rm_siamese_distilbert \
+	paper_if_rloo_deberta paper_if_rloo_deberta_lora paper_if_rloo_distilbert paper_if_rloo_distilbert_lora \
+	paper_if_rloo_siamese_distilbert paper_if_rloo_siamese_distilbert_lora
+PAPER_IF_POLICIES := paper_if_sft paper_if_dpo paper_if_dpo_lora paper_if_rloo_deberta paper_if_rloo_deberta_lora \
+	paper_if_rloo_distilbert paper_if_rloo_distilbert_lora paper_if_rloo_siamese_distilbert \
+	paper_if_rloo_siamese_distilbert_lora
+
+# Math table: SFT, SFT + synthetic data, SFT + best-of-N (verifier), SFT + RLOO (full, LoRA), RLOO + best-of-N.
+paper-math: setup
+	for e in $(PAPER_MATH); do test -f $(RUNS)/$$e/DONE || $(RLFT_GPU) train experiment=$$e run_dir=$(RUNS)/$$e || exit 1; done
+	test -f $(RUNS)/paper_math_sft_bon/DONE || $(BIN)/rlft train experiment=paper_math_bon \
+		init_from=$(RUNS)/paper_math_sft/model run_dir=$(RUNS)/paper_math_sft_bon run_name=paper_math_sft_bon
+	test -f $(RUNS)/paper_math_rloo_bon/DONE || $(BIN)/rlft train experiment=paper_math_bon \
+		init_from=$(RUNS)/paper_math_rloo/model run_dir=$(RUNS)/paper_math_rloo_bon run_name=paper_math_rloo_bon
+	$(BIN)/rlft report $(foreach e,$(PAPER_MATH) paper_math_sft_bon paper_math_rloo_bon,$(RUNS)/$(e)) --out $(RUNS)/paper_math_report
+
+# IF table: SFT, DPO, RLOO with DeBERTa / DistilBERT / Siamese DistilBERT rewards, each full and
+# LoRA, as win-rate against Qwen2.5-0.5B-Instruct on 400 held-out UltraFeedback prompts.
+paper-if: setup
+	for e in $(PAPER_IF); do test -f $(RUNS)/$$e/DONE || $(RLFT_GPU) train experiment=$$e run_dir=$(RUNS)/$$e || exit 1; done
+	for e in $(PAPER_IF_POLICIES); do test -f $(RUNS)/$${e}_winrate/DONE || $(BIN)/rlft train stage=bon \
+		model=qwen2_5_0_5b data=ultrafeedback init_from=$(RUNS)/$$e/model reference=$(REFERENCE) judge=endpoint \
+		judge.base_url=$(JUDGE_URL) run_name=$${e}_winrate run_dir=$(RUNS)/$${e}_winrate || exit 1; done
+	$(BIN)/rlft report $(foreach e,$(PAPER_IF_POLICIES),$(RUNS)/$(e)_winrate) --out $(RUNS)/paper_if_report
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q
@@ -50,6 +88,7 @@ test-slow: setup
 bench: setup
 	$(BIN)/python scripts/bench_verifier.py
 	$(OFFLINE) $(BIN)/python scripts/bench_bon.py
+	$(OFFLINE) $(BIN)/python scripts/bench_rloo.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

@@ -6,7 +6,8 @@ import yaml
 from rlft import config
 from rlft.errors import UserError
 
-GROUPS = ["stage", "model", "data", "peft", "rm", "reward_model", "experiment"]
+GROUPS = ["stage", "model", "data", "peft", "rm", "reward_model", "reward", "experiment"]
+MANDATORY = {"reward=rm": ["reward.path=/tmp/rm"], "reward=countdown_rm": ["reward.path=/tmp/rm"]}  # `???` keys
 
 
 def all_overrides():
@@ -19,7 +20,7 @@ def all_overrides():
 def test_every_config_composes_resolves_and_validates(override):
     from omegaconf import OmegaConf
 
-    cfg = config.compose([override, "run_dir=/tmp/x"])
+    cfg = config.compose([override, *MANDATORY.get(override, []), "run_dir=/tmp/x"])
     config.validate(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["stage"]["name"] in config.group_options("stage")

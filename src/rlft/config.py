@@ -151,6 +151,59 @@ def _check_target(target: str, node, path: str) -> None:
             close = difflib.get_close_matches(str(key), list(params), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(f"{path}.{key}: not an argument of {target}{hint}")
+        _check_type(target, params[key], node, key, path)
+
+
+_SCALARS = (bool, int, float, str)
+
+
+def _scalar_types(annotation) -> set | None:
+    """The scalar types an annotation admits (int | None -> {int}); None when it admits anything
+    else too (lists, dicts, enums, Any), so only plain scalar knobs are type-checked."""
+    import types
+    import typing
+
+    if annotation in _SCALARS:
+        return {annotation}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        out = set()
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                continue
+            inner = _scalar_types(arg)
+            if inner is None:
+                return None
+            out |= inner
+        return out or None
+    return None
+
+
+def _check_type(target: str, param: inspect.Parameter, node, key: str, path: str) -> None:
+    """A mistyped knob (max_steps=abc, learning_rate=fast) is named before any work."""
+    import typing
+
+    from omegaconf.errors import OmegaConfBaseException
+
+    annotation = param.annotation
+    if isinstance(annotation, str):  # postponed annotations (dataclasses of `from __future__` modules)
+        module_name, _, attr = target.rpartition(".")
+        try:
+            annotation = typing.get_type_hints(getattr(importlib.import_module(module_name), attr)).get(key)
+        except Exception:  # unresolvable hints: leave the check to the callable
+            return
+    expected = _scalar_types(annotation)
+    if not expected:
+        return
+    try:
+        value = node[key]  # resolves ${...}: max_steps=abc reaches stage.trainer.max_steps this way
+    except OmegaConfBaseException:
+        return
+    ok = (value is None or (isinstance(value, bool) and bool in expected)
+          or (isinstance(value, int) and not isinstance(value, bool) and (int in expected or float in expected))
+          or (isinstance(value, float) and float in expected) or (isinstance(value, str) and str in expected))
+    if not ok and isinstance(value, _SCALARS):
+        names = " or ".join(sorted(t.__name__ for t in expected))
+        raise UserError(f"{path}.{key}: expected {names}, got {value!r}")
 
 
 def build(node, **kwargs):
@@ -167,4 +220,9 @@ def build(node, **kwargs):
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
+        target = str(node.get("_target_", ""))
+        if isinstance(e.__cause__, ValueError) and target.endswith(("Config", "Arguments")):
+            # TRL/transformers configs check their knobs together in __post_init__ (batch vs k, ...)
+            where = f" (in {node._get_full_key(None)})" if hasattr(node, "_get_full_key") else ""
+            raise UserError(f"{target}: {str(e.__cause__).splitlines()[0]}{where}") from None
         raise

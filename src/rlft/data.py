@@ -22,11 +22,14 @@ def load_rows(path: str, split: str = "train", max_rows: int | None = None) -> t
     p = Path(path).expanduser()
     if p.suffix in LOCAL_SUFFIXES or p.exists():
         if not p.is_file():
-            raise UserError(f"data file {str(p)!r} does not exist")
+            raise UserError(f"data file {str(p)!r} {'is not a file' if p.exists() else 'does not exist'}")
         if p.suffix == ".parquet":
             import datasets
 
-            rows = datasets.Dataset.from_parquet(str(p)).to_list()
+            try:
+                rows = datasets.Dataset.from_parquet(str(p)).to_list()
+            except Exception as e:  # pyarrow's many error types: all one line for the user
+                raise UserError(f"data file {str(p)!r} cannot be read as parquet ({str(e).splitlines()[0]})") from None
         elif p.suffix == ".json":
             rows = _read_json(p)
         else:
@@ -228,6 +231,19 @@ def ultrafeedback_prompt_dataset(path: str, split: str = "train_gen", system_pro
             raise UserError(f"{where}: row {i}: 'prompt' must be non-empty text")
         out.append({"prompt": _with_system([{"role": "user", "content": row["prompt"]}], system_prompt)})
     return datasets.Dataset.from_list(out)
+
+
+def ultrafeedback_heldout_prompts(path: str, split: str = "test_gen", n: int = 400) -> list[dict]:
+    """The first `n` UltraFeedback prompts of a held-out split, as rows {prompt} for win-rates
+    (the paper judges 400 held-out prompts)."""
+    rows, where = load_rows(path, split, n)
+    out = []
+    for i, row in enumerate(rows):
+        _require(row, ("prompt",), where, i)
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            raise UserError(f"{where}: row {i}: 'prompt' must be non-empty text")
+        out.append({"prompt": row["prompt"]})
+    return out
 
 
 def count_over_length(tokenizer, pairs, max_length: int | None) -> int:

@@ -158,3 +158,31 @@ def ifcheck_heldout(model, tokenizer, prompts: list[dict], system_prompt: str | 
         "samples": [{"prompt": p["prompt"], "response": r, "score": s}
                     for p, r, s in list(zip(prompts, responses, scores))[:20]],
     }
+
+
+def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows: list[dict], judge,
+                         system_prompt: str | None = None, max_new_tokens: int = 256, batch_size: int = 16) -> dict:
+    """Greedy responses of a model and of a reference model to held-out prompts (rows {prompt, ...}),
+    scored by `judge(prompts, responses, rows)`; the model's win-rate against the reference (ties
+    count 1/2) and both mean judge scores, each with a 95% interval."""
+    from rlft.metrics import win_rate
+
+    texts = [r["prompt"] for r in rows]
+    messages = [([{"role": "system", "content": system_prompt}] if system_prompt else [])
+                + [{"role": "user", "content": t}] for t in texts]
+    ours = generate(model, tokenizer, chat_prompts(tokenizer, texts, system_prompt), max_new_tokens, batch_size,
+                    desc="policy responses")
+    theirs = generate(reference, reference_tokenizer, chat_prompts(reference_tokenizer, texts, system_prompt),
+                      max_new_tokens, batch_size, desc="reference responses")
+    s_ours, s_theirs = judge(messages, ours, rows), judge(messages, theirs, rows)
+    unbounded = (float("-inf"), float("inf"))  # reward-model scores are not confined to [0, 1]
+    n = len(rows)
+    return {
+        "vs_reference": win_rate(s_ours, s_theirs),
+        "judge_score": {"value": sum(s_ours) / n, "ci95": list(mean_interval(s_ours, bounds=unbounded)), "n": n},
+        "reference_judge_score": {"value": sum(s_theirs) / n, "ci95": list(mean_interval(s_theirs, bounds=unbounded)),
+                                  "n": n},
+        "decoding": "greedy",
+        "samples": [{"prompt": t, "response": a, "reference": b, "score": x, "reference_score": y}
+                    for t, a, b, x, y in list(zip(texts, ours, theirs, s_ours, s_theirs))[:10]],
+    }

@@ -156,3 +156,30 @@ def _content(raw: bytes, base_url: str, i: int) -> str:
 
 def _snippet(raw: bytes) -> str:
     return " ".join(raw.decode("utf-8", "replace").split())[:80]
+
+
+# --------------------------------------------------------------------------- judges from config (configs/judge/)
+# Each returns judge(prompts, responses, rows) -> scores, rows being the held-out rows (the rule
+# judge reads their constraints); stage=bon compares two models' responses with it.
+
+def rule_judge():
+    """configs/judge/rule.yaml: ifcheck's rules on each held-out row's constraints."""
+    return lambda prompts, responses, rows: rule_scores(responses, [r["constraints"] for r in rows])
+
+
+def reward_model_judge(path: str, fmt: str = "chat", max_length: int = 1024, batch_size: int = 32,
+                       dtype: str = "float32"):
+    """configs/judge/rm.yaml: a local reward model dir (e.g. stage=rm's model/) or hub id."""
+    from rlft import models
+
+    model = models.load_reward_model(path, dtype)
+    tokenizer = models.load_tokenizer(path, chat_template="chatml" if fmt == "chat" else None)
+    return lambda prompts, responses, rows: reward_model_scores(model, tokenizer, prompts, responses, fmt, max_length,
+                                                                batch_size)
+
+
+def endpoint_judge(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
+                   max_retries: int = 3, concurrency: int = 8):
+    """configs/judge/endpoint.yaml: an OpenAI-compatible endpoint answering "reward:<float>"."""
+    return lambda prompts, responses, rows: endpoint_scores(prompts, responses, base_url, model, api_key_env, timeout,
+                                                            max_retries, concurrency)

@@ -45,18 +45,36 @@ def win_rate(scores: list[float], reference_scores: list[float]) -> dict:
 
 
 def metrics_logger(run_dir: str):
-    """A transformers TrainerCallback appending each log record to run_dir/metrics.jsonl."""
+    """A transformers TrainerCallback appending each log record to run_dir/metrics.jsonl, and
+    stopping the run at a non-finite loss or gradient norm.
+
+    The check runs at every log (logging_steps); the Trainer saves a step's checkpoint after its
+    log, so no checkpoint is written after a non-finite log: the newest one is the last good state,
+    kept for resume=true (with a lower learning rate). Every rank stops, not only rank 0.
+    """
     from transformers import TrainerCallback
+
+    from rlft.errors import UserError
 
     path = Path(run_dir) / "metrics.jsonl"
 
     class MetricsLogger(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
+            if not logs:
                 return
-            record = {"step": state.global_step, "epoch": state.epoch, **logs}
-            with path.open("a") as f:
-                f.write(json.dumps(record, default=float) + "\n")
+            if state.is_world_process_zero:
+                record = {"step": state.global_step, "epoch": state.epoch, **logs}
+                with path.open("a") as f:
+                    f.write(json.dumps(record, default=float) + "\n")
+            bad = {k: logs[k] for k in ("loss", "grad_norm") if isinstance(logs.get(k), (int, float))
+                   and not math.isfinite(logs[k])}
+            if bad:
+                kept = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+                              if p.name.split("-")[-1].isdigit() else -1)
+                last = f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint was saved yet"
+                what = ", ".join(f"{k}={v}" for k, v in bad.items())
+                raise UserError(f"non-finite {what} at step {state.global_step}: training stopped ({last}); "
+                                "lower stage.trainer.learning_rate and resume with resume=true")
 
     return MetricsLogger()
 

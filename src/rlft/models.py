@@ -265,23 +265,45 @@ def merge_adapter(base_path: str, adapter_dir: str, dtype: str = "float32"):
     return PeftModel.from_pretrained(load_causal_lm(base_path, dtype), adapter_dir).merge_and_unload()
 
 
-def save_trained(trainer, run_dir: str, base_path: str, tokenizer, dtype: str, peft: bool):
+def save_trained(trainer, run_dir: str, base_path: str, tokenizer, dtype: str, peft: bool, merge=None):
     """Save a trained policy as run_dir/model (full weights, AutoModelForCausalLM) and return it
     on the main process (None elsewhere). Every rank must call this: save_model gathers ZeRO-3
     shards. With peft the adapter goes to run_dir/adapter and is merged into full-precision base
-    weights, so every later stage loads any model dir the same way."""
-    from rlft.rundir import is_main_process
+    weights, so every later stage loads any model dir the same way; `merge(adapter_dir)` returns
+    the merged model (default: the adapter on a fresh full-precision copy of `base_path`).
+
+    Atomic: everything is written to model.partial/ (adapter.partial/) and only a complete
+    directory is moved into place (rundir.publish_dir), so a kill or an error while saving leaves
+    the previous model/ (or none), never a half-written one."""
+    from rlft.rundir import is_main_process, publish_dir, staging_dir
 
     model_dir, adapter_dir = Path(run_dir) / "model", Path(run_dir) / "adapter"
-    trainer.save_model(str(adapter_dir if peft else model_dir))
-    if not is_main_process():
-        return None
-    policy = trainer.model
-    if peft:
-        policy = merge_adapter(base_path, str(adapter_dir), dtype)
-        policy.save_pretrained(str(model_dir))
-    tokenizer.save_pretrained(str(model_dir))
+    staged_model, staged_adapter = staging_dir(model_dir), staging_dir(adapter_dir)
+    if is_main_process():  # leftovers of an attempt killed while saving
+        _remove_dirs(staged_model, staged_adapter)
+    trainer.accelerator.wait_for_everyone()  # no rank writes into a dir rank 0 is still clearing
+    try:
+        trainer.save_model(str(staged_adapter if peft else staged_model))
+        if not is_main_process():
+            return None
+        policy = trainer.model
+        if peft:
+            policy = merge(str(staged_adapter)) if merge else merge_adapter(base_path, str(staged_adapter), dtype)
+            policy.save_pretrained(str(staged_model))
+        tokenizer.save_pretrained(str(staged_model))
+        if peft:
+            publish_dir(staged_adapter, adapter_dir)
+        publish_dir(staged_model, model_dir)
+    except BaseException:
+        if is_main_process():
+            _remove_dirs(staged_model, staged_adapter)
+        raise
     return policy
+
+
+def _remove_dirs(*paths: Path) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def load_reward_model(path: str, dtype: str = "float32"):

@@ -8,8 +8,12 @@
       model/         save_pretrained output + README.md model card
       results.json   evaluation results, when the stage evaluates
       DONE           written last; a DONE dir is never overwritten unless overwrite=true
+      checkpoints/   Trainer checkpoints; resume=true continues from the newest complete one
 
 Only rank 0 writes. Paths are deterministic (never timestamped) so every rank agrees.
+Outputs appear whole or not at all: files through `write_atomic`, directories (model/, adapter/)
+written beside their place and moved in by `publish_dir`, so a run killed at any moment leaves
+the previous good state readable and never a DONE over partial outputs.
 """
 
 from __future__ import annotations
@@ -36,12 +40,99 @@ def is_main_process() -> bool:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so readers see the old file or the whole new one, never a part."""
+    """Write `text` to `path` so readers see the old file or the whole new one, never a part
+    (a temporary sibling, flushed to disk, then renamed over it)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def staging_dir(final: Path) -> Path:
+    """Where the directory `final` is written before `publish_dir` moves it into place: a sibling
+    whose name every rank agrees on (Trainer.save_model must be given the same path on all ranks)."""
+    final = Path(final)
+    return final.with_name(final.name + ".partial")
+
+
+def publish_dir(staged: Path, final: Path) -> None:
+    """Move the completely written directory `staged` to `final`, replacing an older `final`.
+
+    A directory cannot be renamed over a non-empty one, so the old one steps aside first
+    (final -> final.old, staged -> final, then final.old is deleted): a kill at any moment leaves
+    either the old or the new directory whole, under `final` or, between the two renames,
+    `final.old`; never a mixture. (The next save clears leftovers.)
+    """
+    staged, final = Path(staged), Path(final)
+    old = final.with_name(final.name + ".old")
+    _fsync_tree(staged)
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staged, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file under `path` to disk before it is published (a rename is only as durable
+    as the data it points at)."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Trainer checkpoints under run_dir/checkpoints, oldest first."""
+    found = (p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*") if p.name[11:].isdigit() and p.is_dir())
+    return sorted(found, key=lambda p: int(p.name[11:]))
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """Trainer writes trainer_state.json last (after weights, optimizer, scheduler and RNG states):
+    a checkpoint without a whole one was cut off while saving. transformers would resume from it
+    anyway, silently skipping the optimizer or RNG state it cannot find."""
+    try:
+        state = json.loads((Path(path) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("global_step") == int(Path(path).name[11:])
 
 
 def start(cfg) -> Path:
@@ -56,18 +147,26 @@ def start(cfg) -> Path:
     done = run_dir / "DONE"
     if done.exists() and not cfg.overwrite:
         raise UserError(f"run_dir {str(run_dir)!r} holds a finished run (DONE); pass overwrite=true to replace it")
-    checkpoints = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.name[11:].isdigit()),
-                         key=lambda p: int(p.name[11:]))
-    if checkpoints and not (cfg.resume or cfg.overwrite):
+    found = checkpoints(run_dir)
+    complete = [p for p in found if is_complete_checkpoint(p)]
+    if found and not (cfg.resume or cfg.overwrite):
+        newest = (complete or found)[-1].name
         raise UserError(
-            f"run_dir {str(run_dir)!r} holds an unfinished run ({checkpoints[-1].name}); "
+            f"run_dir {str(run_dir)!r} holds an unfinished run ({newest}); "
             "pass resume=true to continue it or overwrite=true to start over"
         )
     if not is_main_process():
         return run_dir
     try:
         if cfg.overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
+            _remove_run_dir(run_dir)
+        elif cfg.resume:
+            # resume from the newest *complete* checkpoint: drop ones cut off while saving
+            # (Trainer picks the highest-numbered checkpoint-* dir, whole or not)
+            for partial in found:
+                if partial not in complete:
+                    shutil.rmtree(partial)
+            _drop_partial_line(run_dir / "metrics.jsonl")
         run_dir.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:  # a fresh start: drop what an earlier, unfinished attempt logged
             for stale in ("metrics.jsonl", "results.json"):
@@ -79,6 +178,29 @@ def start(cfg) -> Path:
     # TensorBoard's default log dir is timestamped; pin it inside the run dir.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     return run_dir
+
+
+def _drop_partial_line(path: Path) -> None:
+    """A kill while a record was being appended leaves half a line; the resumed run would append
+    after it and make the file unreadable as JSON lines."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def _remove_run_dir(run_dir: Path) -> None:
+    """overwrite=true: the old run vanishes at once (renamed aside, then deleted), so a kill midway
+    never leaves a DONE beside half-deleted outputs or a checkpoint missing half its files."""
+    doomed = run_dir.with_name(f".{run_dir.name}.overwritten-{os.getpid()}")
+    try:
+        os.replace(run_dir, doomed)
+    except OSError:  # a mount point or the like cannot move: at least drop the DONE marker first
+        (run_dir / "DONE").unlink(missing_ok=True)
+        doomed = run_dir
+    shutil.rmtree(doomed)
 
 
 def environment(cfg) -> dict:

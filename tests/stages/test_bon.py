@@ -36,6 +36,81 @@ def test_bon_cli_contract(tmp_path, run_cli, tiny_base):
     assert "| sampled | best_of_4_accuracy |" in out
 
 
-def test_bon_needs_a_verifier(tmp_path, run_cli, tiny_base):
+def test_bon_needs_heldout_prompts_and_a_reference(tmp_path, run_cli, tiny_base):
     code, _, err = run_cli("train", "stage=bon", "data=smoltalk", f"init_from={tiny_base}", f"run_dir={tmp_path}/b")
-    assert code == 2 and "held-out problems and a verifier" in err
+    assert code == 2 and "data=smoltalk has no heldout" in err
+    code, _, err = run_cli("train", "stage=bon", "data=ifcheck", f"init_from={tiny_base}", f"run_dir={tmp_path}/c")
+    assert code == 2 and "set reference=MODEL_DIR" in err
+
+
+@pytest.fixture
+def judge_endpoint(monkeypatch):
+    """A real OpenAI-compatible reward endpoint on 127.0.0.1: reward = length of the response."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    seen = []
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            content = f"reward:{len(body['messages'][-1]['content'])}"
+            payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.smoke
+def test_bon_win_rate_with_an_endpoint_judge(tmp_path, run_cli, tiny_base, countdown_sft, judge_endpoint):
+    url, seen = judge_endpoint
+    run_dir = tmp_path / "winrate"
+    code, out, err = run_cli("train", "stage=bon", "model=tiny", "data=ifcheck", f"init_from={countdown_sft}",
+                             f"reference={tiny_base}", "judge=endpoint", f"judge.base_url={url}", "num_prompts=6",
+                             "data.evaluate.max_new_tokens=12", f"run_dir={run_dir}")
+    assert code == 0, err
+    results = json.loads((run_dir / "results.json").read_text())
+    held = results["heldout"]
+    assert len(seen) == 12 and seen[0]["model"] == "nvidia/Llama-3.1-Nemotron-70B-Reward"
+    assert seen[0]["messages"][0]["role"] == "user" and seen[0]["messages"][-1]["role"] == "assistant"
+    for sample in held["samples"]:  # the judge's scores are the endpoint's: response lengths
+        assert sample["score"] == len(sample["response"]) and sample["reference_score"] == len(sample["reference"])
+    vs = held["vs_reference"]
+    assert vs["wins"] + vs["ties"] + vs["losses"] == 6 and results["judge"] == "endpoint"
+    assert "| heldout | vs_reference" in out or "win_rate" in out
+
+
+@pytest.mark.smoke
+def test_bon_win_rate_with_the_rule_judge_against_itself_is_all_ties(tmp_path, run_cli, tiny_base):
+    code, _, err = run_cli("train", "stage=bon", "model=tiny", "data=ifcheck", f"init_from={tiny_base}",
+                           f"reference={tiny_base}", "num_prompts=4", "data.evaluate.max_new_tokens=8",
+                           f"run_dir={tmp_path / 'self'}")
+    assert code == 0, err
+    vs = json.loads((tmp_path / "self" / "results.json").read_text())["heldout"]["vs_reference"]
+    assert (vs["ties"], vs["win_rate"]["value"]) == (4, 0.5)
+
+
+def test_bon_endpoint_judge_unreachable_is_one_line(tmp_path, run_cli, tiny_base):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err = run_cli("train", "stage=bon", "model=tiny", "data=ifcheck", f"init_from={tiny_base}",
+                           f"reference={tiny_base}", "judge=endpoint", f"judge.base_url=http://127.0.0.1:{port}/v1",
+                           "judge.scorer.max_retries=0", "num_prompts=2", "data.evaluate.max_new_tokens=4",
+                           f"run_dir={tmp_path / 'down'}")
+    assert code == 2 and f"judge endpoint http://127.0.0.1:{port}/v1 unreachable" in err
+    assert not (tmp_path / "down" / "DONE").exists()

@@ -1,11 +1,17 @@
-"""Best-of-N: N samples per held-out prompt, one chosen by the task's verifier. No training.
+"""Best-of-N and win-rates: held-out evaluation of any model dir. No training.
 
     rlft train stage=bon model=tiny data=countdown init_from=runs/sft/model n=16 num_prompts=200 run_dir=runs/bon
-    make demo   (SFT, then this stage on the SFT model)
+    rlft train stage=bon model=tiny data=ifcheck init_from=runs/dpo/model reference=runs/sft/model judge=rule
+    make demo   (best-of-16 on the SFT and on the RLOO model)
 
-Writes run_dir/results.json: greedy accuracy, pass@1 and best-of-n for every n in `sweep` up to
-N (unbiased, from the same N samples), exact match and mean TinyZero score, each with a 95%
+Countdown (data.task=countdown): N samples per held-out problem, chosen by the verifier. Writes
+run_dir/results.json: greedy accuracy, pass@1 and best-of-n for every n in `sweep` up to N
+(unbiased, from the same N samples), exact match and mean TinyZero score, each with a 95%
 interval, plus seed, N, temperature and prompt count.
+
+Instruction following (any other data): greedy responses of the model and of `reference` to the
+held-out prompts, scored by the `judge` group (rule | rm | endpoint); results.json holds the
+win-rate against the reference (ties 1/2) and both mean judge scores, with 95% intervals.
 """
 
 from __future__ import annotations
@@ -18,23 +24,40 @@ def main(cfg) -> tuple[dict, dict]:
     from rlft.config import build
     from rlft.errors import UserError
 
-    # 1. seed and held-out problems (num_prompts overrides the preset's count)
+    # 1. seed and held-out prompts (num_prompts overrides the preset's count)
     set_seed(cfg.seed)
-    if cfg.data.get("task") != "countdown":
-        raise UserError(f"stage=bon needs held-out problems and a verifier (a countdown data preset); "
-                        f"data={cfg.data.name} has none")
-    problems = build(cfg.data.heldout, **({"n": cfg.num_prompts} if cfg.num_prompts else {}))
+    if cfg.n < 1 or (cfg.num_prompts is not None and cfg.num_prompts < 1):
+        raise UserError(f"n must be >= 1 and num_prompts >= 1 (or null); got n={cfg.n}, num_prompts={cfg.num_prompts}")
+    if not cfg.data.get("heldout"):
+        raise UserError(f"stage=bon needs held-out prompts; data={cfg.data.name} has no heldout")
+    heldout = build(cfg.data.heldout, **({"n": cfg.num_prompts} if cfg.num_prompts else {}))
 
-    # 2. the policy to sample from (any model dir: init_from)
+    # 2. the policy to evaluate (any model dir: init_from)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
     model = models.load_causal_lm(path, cfg.model.dtype)
+    card = {"base_model": path}
 
-    # 3. greedy answers, then N samples per prompt chosen by the verifier
-    greedy = build(cfg.data.evaluate)(model, tokenizer, problems)
-    sampled = evaluate.countdown_best_of_n(model, tokenizer, problems, cfg.data.template, cfg.data.system_prompt,
-                                           n=cfg.n, temperature=cfg.temperature, sweep=cfg.stage.sweep,
-                                           max_new_tokens=cfg.data.evaluate.max_new_tokens,
-                                           batch_size=cfg.data.evaluate.batch_size)
-    results = {"greedy": greedy, "sampled": sampled, "seed": cfg.seed, "model": path}
-    return results, {"base_model": path}
+    if cfg.data.get("task") == "countdown":
+        # 3a. greedy answers, then N samples per prompt chosen by the verifier
+        greedy = build(cfg.data.evaluate)(model, tokenizer, heldout)
+        sampled = evaluate.countdown_best_of_n(model, tokenizer, heldout, cfg.data.template, cfg.data.system_prompt,
+                                               n=cfg.n, temperature=cfg.temperature, sweep=cfg.stage.sweep,
+                                               max_new_tokens=cfg.data.evaluate.max_new_tokens,
+                                               batch_size=cfg.data.evaluate.batch_size)
+        return {"greedy": greedy, "sampled": sampled, "seed": cfg.seed, "model": path}, card
+
+    # 3b. instruction following: the model against a reference model, scored by the judge
+    if not cfg.reference:
+        raise UserError(f"stage=bon on data={cfg.data.name} compares against a reference model: set reference=MODEL_DIR "
+                        "(the paper's is Qwen/Qwen2.5-0.5B-Instruct)")
+    judge = build(cfg.judge.scorer)
+    reference = models.load_causal_lm(str(cfg.reference), cfg.model.dtype)
+    evaluation = cfg.data.get("evaluate") or {}
+    result = evaluate.instruction_win_rate(
+        model, tokenizer, reference, models.load_tokenizer(str(cfg.reference), cfg.model.chat_template), heldout, judge,
+        cfg.data.system_prompt, max_new_tokens=evaluation.get("max_new_tokens", cfg.stage.max_new_tokens),
+        batch_size=evaluation.get("batch_size", cfg.stage.batch_size))
+    card |= {"reference_model": str(cfg.reference), "judge": cfg.judge.name}
+    return {"heldout": result, "seed": cfg.seed, "model": path, "reference": str(cfg.reference),
+            "judge": cfg.judge.name}, card

@@ -26,7 +26,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     # 1. seed and data first, so a bad data file fails before any model loads
     set_seed(cfg.seed)
     train_dataset = build(cfg.data.preference_dataset)
-    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") else None
+    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None
 
     # 2. policy and reference from the same weights
     path = models.resolve_model_path(cfg.model, cfg.init_from)

@@ -30,7 +30,7 @@ def main(cfg) -> tuple[dict | None, dict]:
 
         raise UserError(f"stage=rloo needs prompts: data={cfg.data.name} has no prompt_dataset")
     train_dataset = build(cfg.data.prompt_dataset)
-    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") else None
+    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None
 
     # 2. rewards, each guarded, weighted in config order (a bad reward-model path fails here, early too)
     names = list(cfg.reward.funcs)

@@ -25,7 +25,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     # (generated training sets exclude the held-out problems by config)
     set_seed(cfg.seed)
     train_dataset = build(cfg.data.sft_dataset)
-    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") else None
+    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None
 
     # 2. model and tokenizer (init_from beats the preset: start from an earlier run)
     path = models.resolve_model_path(cfg.model, cfg.init_from)

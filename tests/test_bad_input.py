@@ -1,0 +1,103 @@
+"""The bad-input catalogue: every mistake a user of rlft's stages could plausibly make ends with
+exit code 2 and one line naming the culprit (key, file and line/row, model path), and nothing is
+written as complete (no DONE, no results.json, no model/). README's catalogue lists the same rows."""
+
+import json
+
+import pytest
+from conftest import write_jsonl
+from test_cli import error_line
+
+
+def _files(tmp):
+    """The bad files and dirs the cases point at."""
+    write_jsonl(tmp / "warm.jsonl", [{"query": "q", "completion": "c"}, {"query": "q2"}])
+    (tmp / "bad.jsonl").write_text('{"query": "q", "completion": "c"}\n{"query": oops}\n')
+    (tmp / "empty.jsonl").write_text("\n")
+    (tmp / "latin1.jsonl").write_bytes(b'{"query": "caf\xe9"}\n')
+    (tmp / "dir.jsonl").mkdir()
+    (tmp / "broken.parquet").write_bytes(b"PAR1 not really")
+    (tmp / "notamodel").mkdir()
+    (tmp / "afile").write_text("x")
+    (tmp / "theirs").mkdir()
+    (tmp / "theirs" / "thesis.tex").write_text("mine")
+    for name, files in (("done", ["config.yaml", "DONE"]), ("unfinished", ["config.yaml"])):
+        (tmp / name).mkdir()
+        for f in files:
+            (tmp / name / f).write_text("")
+    (tmp / "unfinished" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+
+
+WARM = "data=countdown_warmstart"
+# (case, overrides; {tmp} is the test's folder, {base} the tiny base model), the text the line must hold
+CATALOGUE = [
+    ("unknown stage", ["stage=nope"], "'nope'"),
+    ("unknown option of a group", ["reward=nope"], "'nope'"),
+    ("misspelled key", ["max_step=4"], "max_step"),
+    ("mistyped key", ["max_steps=abc"], "stage.trainer.max_steps: expected int, got 'abc'"),
+    ("mistyped TRL knob", ["stage.trainer.learning_rate=fast"], "stage.trainer.learning_rate: expected float"),
+    ("unknown TRL knob", ["+stage.trainer.learnin_rate=1"], "stage.trainer.learnin_rate: not an argument"),
+    ("missing data file", [WARM, "data.sft_dataset.path={tmp}/nowhere.jsonl"], "nowhere.jsonl' does not exist"),
+    ("empty data file", [WARM, "data.sft_dataset.path={tmp}/empty.jsonl"], "empty.jsonl' has no rows"),
+    ("data path is a folder", [WARM, "data.sft_dataset.path={tmp}/dir.jsonl"], "dir.jsonl' is not a file"),
+    ("data file not UTF-8", [WARM, "data.sft_dataset.path={tmp}/latin1.jsonl"], "latin1.jsonl' cannot be read"),
+    ("corrupt parquet", [WARM, "data.sft_dataset.path={tmp}/broken.parquet"], "broken.parquet' cannot be read"),
+    ("malformed JSONL line", [WARM, "data.sft_dataset.path={tmp}/bad.jsonl"], "bad.jsonl:2: not valid JSON"),
+    ("row missing a field", [WARM, "data.sft_dataset.path={tmp}/warm.jsonl"],
+     "warm.jsonl: row 1: missing required field 'completion'"),
+    ("hub dataset while offline", [WARM, "data.sft_dataset.path=nobody/nothing"], "dataset 'nobody/nothing'"),
+    ("init_from does not exist", ["init_from={tmp}/nope", "data.sft_dataset.n=8"], "init_from: model dir"),
+    ("init_from is not a model", ["init_from={tmp}/notamodel", "data.sft_dataset.n=8"], "notamodel': cannot load"),
+    ("hub model while offline", ["model=qwen2_5_0_5b", "data.sft_dataset.n=8"], "'Qwen/Qwen2.5-0.5B' not found"),
+    ("unwritable run dir", ["run_dir={tmp}/afile/run"], "is not writable"),
+    ("run dir rlft did not make", ["run_dir={tmp}/theirs"], "is not an rlft run dir"),
+    ("finished run dir without overwrite", ["run_dir={tmp}/done"], "holds a finished run (DONE)"),
+    ("unfinished run dir without resume", ["run_dir={tmp}/unfinished"], "pass resume=true"),
+    ("rloo on data without prompts", ["stage=rloo", "data=smoltalk"], "data=smoltalk has no prompt_dataset"),
+    ("rloo reward model path unset", ["stage=rloo", "data=ifcheck", "reward=rm"], "reward.path"),
+    ("rloo reward model path missing", ["stage=rloo", "data=ifcheck", "reward=rm", "reward.path={tmp}/nope",
+                                        "data.prompt_dataset.n=8"], "nope' not found"),
+    ("rloo batch not a multiple of k", ["stage=rloo", "data=countdown_tiny", "init_from={base}",
+                                        "stage.trainer.per_device_train_batch_size=6", "data.prompt_dataset.n=8"],
+     "num_generations"),
+    ("bon on data without held-out prompts", ["stage=bon", "data=smoltalk"], "has no heldout"),
+    ("bon win-rate without a reference", ["stage=bon", "data=ifcheck", "init_from={base}", "num_prompts=2"],
+     "set reference=MODEL_DIR"),
+    ("bon with n < 1", ["stage=bon", "data=countdown", "init_from={base}", "n=0", "num_prompts=2"], "n must be"),
+    ("judge reward model path unset", ["stage=bon", "data=ifcheck", "judge=rm", "init_from={base}",
+                                       "reference={base}", "num_prompts=2"], "judge.path"),
+]
+
+
+@pytest.mark.parametrize("case,overrides,expected", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input_is_one_line_exit_2_and_nothing_complete(case, overrides, expected, tmp_path, run_cli, tiny_base):
+    _files(tmp_path)
+    args = [o.format(tmp=tmp_path, base=tiny_base) for o in overrides]
+    if not any(a.startswith("run_dir=") for a in args):
+        args.append(f"run_dir={tmp_path / 'run'}")
+    run_dir = next(a[len("run_dir="):] for a in args if a.startswith("run_dir="))
+    code, _, err = run_cli("train", *args)
+    assert code == 2, err
+    assert expected in error_line(err)
+    from pathlib import Path
+
+    if case not in ("finished run dir without overwrite",):
+        assert not (Path(run_dir) / "DONE").exists()
+    assert not (Path(run_dir) / "results.json").exists() and not (Path(run_dir) / "model").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, run_cli):
+    run_dir = tmp_path / "nan"
+    code, _, err = run_cli("train", "experiment=tiny_math_sft", f"run_dir={run_dir}", "max_steps=8",
+                           "data.sft_dataset.n=512", "stage.trainer.per_device_train_batch_size=8",
+                           "stage.trainer.learning_rate=1e9", "stage.trainer.warmup_steps=0",
+                           "stage.trainer.max_grad_norm=null", "stage.trainer.logging_steps=1",
+                           "stage.trainer.save_steps=1", "report_to=[]")
+    assert code == 2
+    line = error_line(err)
+    assert "non-finite" in line and "resume=true" in line
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    bad_step = records[-1]["step"]
+    kept = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+    assert kept and max(kept) < bad_step and f"checkpoint-{max(kept)}" in line
+    assert not (run_dir / "DONE").exists() and not (run_dir / "model").exists()
