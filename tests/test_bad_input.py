@@ -37,6 +37,7 @@ CATALOGUE = [
     ("mistyped key", ["max_steps=abc"], "stage.trainer.max_steps: expected int, got 'abc'"),
     ("mistyped TRL knob", ["stage.trainer.learning_rate=fast"], "stage.trainer.learning_rate: expected float"),
     ("unknown TRL knob", ["+stage.trainer.learnin_rate=1"], "stage.trainer.learnin_rate: not an argument"),
+    ("TRL knob the preset lacks, without +", ["stage.trainer.max_grad_norm=2"], "set it with +stage.trainer.max_grad_norm="),
     ("missing data file", [WARM, "data.sft_dataset.path={tmp}/nowhere.jsonl"], "nowhere.jsonl' does not exist"),
     ("empty data file", [WARM, "data.sft_dataset.path={tmp}/empty.jsonl"], "empty.jsonl' has no rows"),
     ("data path is a folder", [WARM, "data.sft_dataset.path={tmp}/dir.jsonl"], "dir.jsonl' is not a file"),
@@ -58,8 +59,12 @@ CATALOGUE = [
     ("rloo reward model path missing", ["stage=rloo", "data=ifcheck", "reward=rm", "reward.path={tmp}/nope",
                                         "data.prompt_dataset.n=8"], "nope' not found"),
     ("rloo batch not a multiple of k", ["stage=rloo", "data=countdown_tiny", "init_from={base}",
-                                        "stage.trainer.per_device_train_batch_size=6", "data.prompt_dataset.n=8"],
-     "num_generations"),
+                                        "stage.trainer.per_device_train_batch_size=6",
+                                        "stage.trainer.gradient_accumulation_steps=1", "data.prompt_dataset.n=8"],
+     "trl.RLOOConfig: generation_batch_size (6) must be divisible by num_generations (4)"),
+    ("rloo fewer prompts than one generation batch", ["stage=rloo", "data=countdown_tiny", "init_from={base}",
+                                                      "data.prompt_dataset.n=4"],
+     "data.prompt_dataset: 4 prompts, fewer than one generation batch"),
     ("bon on data without held-out prompts", ["stage=bon", "data=smoltalk"], "has no heldout"),
     ("bon win-rate without a reference", ["stage=bon", "data=ifcheck", "init_from={base}", "num_prompts=2"],
      "set reference=MODEL_DIR"),
@@ -91,7 +96,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, run_
     code, _, err = run_cli("train", "experiment=tiny_math_sft", f"run_dir={run_dir}", "max_steps=8",
                            "data.sft_dataset.n=512", "stage.trainer.per_device_train_batch_size=8",
                            "stage.trainer.learning_rate=1e9", "stage.trainer.warmup_steps=0",
-                           "stage.trainer.max_grad_norm=null", "stage.trainer.logging_steps=1",
+                           "stage.trainer.logging_steps=1",
                            "stage.trainer.save_steps=1", "report_to=[]")
     assert code == 2
     line = error_line(err)

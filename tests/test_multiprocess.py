@@ -31,9 +31,10 @@ pytestmark = pytest.mark.smoke
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 CONFIGS = REPO / "configs" / "accelerate"
-COMMON = ["stage.trainer.logging_steps=1", "stage.trainer.learning_rate=1e-3", "stage.trainer.warmup_steps=0",
+COMMON = ["stage.trainer.logging_steps=1", "stage.trainer.learning_rate=1e-3",
           "stage.trainer.gradient_accumulation_steps=1", "data.heldout.n=8", "data.evaluate.max_new_tokens=16"]
-SFT = ["stage=sft", "model=tiny", "data=countdown_tiny", "data.sft_dataset.n=96", "max_steps=3", *COMMON]
+SFT = ["stage=sft", "model=tiny", "data=countdown_tiny", "data.sft_dataset.n=96", "max_steps=3",
+       "stage.trainer.warmup_steps=0", *COMMON]
 DPO = ["stage=dpo", "model=tiny", "data=ifcheck", "data.preference_dataset.n=96", "max_steps=3", *COMMON]
 
 

@@ -96,6 +96,8 @@ def _unknown_key_message(key: str, overrides: list[str]) -> str:
             known += list(_signature_params(node._target_) or [])
     except Exception:  # a suggestion is a nicety: never let it hide the real error
         pass
+    if leaf in known:  # a real argument of the target the preset does not list: only the + is missing
+        return f"config key '{key}' is not in the preset; set it with +{key}=..."
     close = difflib.get_close_matches(leaf, known, n=1)
     hint = f" (did you mean '{(parent + '.' if parent else '') + close[0]}'?)" if close else ""
     return f"unknown config key '{key}'{hint}; to add a new key write +{key}=..."

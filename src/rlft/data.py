@@ -24,10 +24,10 @@ def load_rows(path: str, split: str = "train", max_rows: int | None = None) -> t
         if not p.is_file():
             raise UserError(f"data file {str(p)!r} {'is not a file' if p.exists() else 'does not exist'}")
         if p.suffix == ".parquet":
-            import datasets
+            import pyarrow.parquet as pq
 
             try:
-                rows = datasets.Dataset.from_parquet(str(p)).to_list()
+                rows = pq.read_table(p).to_pylist()
             except Exception as e:  # pyarrow's many error types: all one line for the user
                 raise UserError(f"data file {str(p)!r} cannot be read as parquet ({str(e).splitlines()[0]})") from None
         elif p.suffix == ".json":

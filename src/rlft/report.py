@@ -78,16 +78,31 @@ def plot_best_of_n(runs: list[dict], path: Path) -> bool:
 
 
 def plot_training(runs: list[dict], path: Path) -> bool:
-    curves = [(run["name"], [(m["step"], m["loss"]) for m in run["metrics"] if "loss" in m]) for run in runs]
-    curves = [(name, pts) for name, pts in curves if pts]
-    if not curves:
+    """Loss per step for supervised and preference stages; mean reward per step for RLOO, whose
+    logged loss is ~0 by construction (on-policy, the ratio is 1), so it gets its own panel."""
+    losses, rewards = [], []
+    for run in runs:
+        metrics = run["metrics"]
+        reward = [(m["step"], m["reward"]) for m in metrics if isinstance(m.get("reward"), (int, float))]
+        if reward:
+            rewards.append((run["name"], reward))
+        elif loss := [(m["step"], m["loss"]) for m in metrics if "loss" in m]:
+            losses.append((run["name"], loss))
+    panels = [(c, label) for c, label in ((losses, "training loss"), (rewards, "mean reward (RLOO)")) if c]
+    if not panels:
         return False
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, pts in curves:
-        ax.plot([s for s, _ in pts], [v for _, v in pts], label=name)
-    ax.set(xlabel="optimizer step", ylabel="training loss", title="Training loss")
-    return _save(plt, fig, ax, path)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), dpi=120, squeeze=False)
+    for ax, (curves, label) in zip(axes[0], panels):
+        for name, pts in curves:
+            ax.plot([s for s, _ in pts], [v for _, v in pts], label=name)
+        ax.set(xlabel="optimizer step", ylabel=label, title=label[0].upper() + label[1:])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
 
 
 def _save(plt, fig, ax, path: Path) -> bool:

@@ -8,6 +8,7 @@ contract (rlft/rundir.py).
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 
 
@@ -32,7 +33,11 @@ def train(overrides: list[str], config_dir: str | None = None, print_only: bool 
         raise UserError(f"config: {str(e).splitlines()[0]}") from None
     stage = importlib.import_module(f"rlft.stages.{cfg.stage.name}")
     rundir.start(cfg)
-    results, card = stage.main(cfg)
+    try:
+        results, card = stage.main(cfg)
+    except UserError:
+        sys.stderr.write("\n")  # a progress bar may have left the cursor mid-line: the error gets its own line
+        raise
     rundir.finish(cfg, results, card)
     if results and rundir.is_main_process():
         from rlft.report import markdown, rows

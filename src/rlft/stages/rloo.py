@@ -21,13 +21,12 @@ def main(cfg) -> tuple[dict | None, dict]:
 
     from rlft import models, rewards
     from rlft.config import build
+    from rlft.errors import UserError
     from rlft.metrics import metrics_logger, win_rate
 
     # 1. seed and prompts first, so a bad data file fails before any model loads
     set_seed(cfg.seed)
     if not cfg.data.get("prompt_dataset"):
-        from rlft.errors import UserError
-
         raise UserError(f"stage=rloo needs prompts: data={cfg.data.name} has no prompt_dataset")
     train_dataset = build(cfg.data.prompt_dataset)
     heldout = build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None
@@ -46,6 +45,12 @@ def main(cfg) -> tuple[dict | None, dict]:
     # knob from stage.trainer (trl.RLOOConfig); generation stops at the end of the assistant turn
     args = build(cfg.stage.trainer, reward_weights=[float(cfg.reward.weights[name]) for name in names])
     args.generation_kwargs = {**(args.generation_kwargs or {}), "eos_token_id": models.stop_token_ids(tokenizer)}
+    per_generation = args.generation_batch_size // args.num_generations  # prompts sampled at once, all ranks
+    if len(train_dataset) < per_generation:
+        raise UserError(f"data.prompt_dataset: {len(train_dataset)} prompts, fewer than one generation batch "
+                        f"({per_generation} prompts = generation_batch_size {args.generation_batch_size} / "
+                        f"num_generations {args.num_generations}); add prompts or lower "
+                        "stage.trainer.per_device_train_batch_size")
     trainer = build(cfg.stage.algorithm)(
         model=model,
         reward_funcs=reward_funcs,
