@@ -14,6 +14,9 @@ pipeline:
   - name: bon
     overrides: [experiment=tiny_math_bon, "init_from=${run_dir}/sft/model", n=4, num_prompts=4,
                 "stage.sweep=[1,2,4]"]
+  - name: rloo
+    overrides: [experiment=tiny_math_rloo, "init_from=${run_dir}/sft/model", max_steps=1, data.prompt_dataset.n=64,
+                data.heldout.n=4, stage.trainer.max_completion_length=8, data.evaluate.max_new_tokens=8]
 """
 
 
@@ -25,7 +28,7 @@ def test_pipeline_runs_in_order_skips_done_and_reports(tmp_path, run_cli, monkey
     args = ("pipeline", "--config-dir", str(tmp_path / "configs"), "experiment=mini_math")
     code, out, err = run_cli(*args)
     assert code == 0, err
-    for step in ("sft", "bon"):
+    for step in ("sft", "bon", "rloo"):
         assert (tmp_path / "runs" / "mini_math" / step / "DONE").exists()
     assert "| tiny_math_bon | sampled | best_of_4_accuracy |" in out
 
@@ -34,14 +37,14 @@ def test_pipeline_runs_in_order_skips_done_and_reports(tmp_path, run_cli, monkey
         data = (report / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     table = list(csv.DictReader((report / "results.csv").open()))
-    assert {r["run"] for r in table} == {"tiny_math_sft", "tiny_math_bon"}
+    assert {r["run"] for r in table} == {"tiny_math_sft", "tiny_math_bon", "tiny_math_rloo"}
 
     # A second run skips both; an interrupted one redoes only what is not DONE.
     bon_results = (tmp_path / "runs" / "mini_math" / "bon" / "results.json").read_text()
     (tmp_path / "runs" / "mini_math" / "bon" / "DONE").unlink()
     code, out, err = run_cli(*args)
     assert code == 0, err
-    assert "sft: done, skipped" in out and "bon: running" in out
+    assert "sft: done, skipped" in out and "bon: running" in out and "rloo: done, skipped" in out
     assert (tmp_path / "runs" / "mini_math" / "bon" / "results.json").read_text() == bon_results  # seeded
 
 

@@ -74,7 +74,7 @@ def plot_best_of_n(runs: list[dict], path: Path) -> bool:
     ax.set_xticks([n for n, _ in curves[0][1]], [str(n) for n, _ in curves[0][1]])
     ax.set(xlabel="n (samples chosen from by the verifier)", ylabel="accuracy (exact match)", ylim=(0, 1),
            title="Best-of-n with the verifier (95% CI)")
-    return _save(plt, fig, ax, path)
+    return _save(plt, fig, [ax], path)
 
 
 def plot_training(runs: list[dict], path: Path) -> bool:
@@ -97,17 +97,13 @@ def plot_training(runs: list[dict], path: Path) -> bool:
         for name, pts in curves:
             ax.plot([s for s, _ in pts], [v for _, v in pts], label=name)
         ax.set(xlabel="optimizer step", ylabel=label, title=label[0].upper() + label[1:])
+    return _save(plt, fig, axes[0], path)
+
+
+def _save(plt, fig, axes, path: Path) -> bool:
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
-
-
-def _save(plt, fig, ax, path: Path) -> bool:
-    ax.grid(alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
