@@ -99,16 +99,18 @@ def countdown_heldout(model, tokenizer, problems: list[dict], template: str, sys
 
 def countdown_best_of_n(model, tokenizer, problems: list[dict], template: str, system_prompt: str | None,
                         n: int, temperature: float = 1.0, sweep: list[int] | None = None,
-                        max_new_tokens: int = 64, batch_size: int = 64) -> dict:
+                        max_new_tokens: int = 64, batch_size: int = 64, selector=None,
+                        selector_name: str = "countdown verifier") -> dict:
     """N sampled answers per held-out problem; the verifier picks the best of any n of them.
 
     The verifier needs only the numbers and target the prompt already holds, so the selection is
     deployable at inference time, yet it is pass@n-like: pass@1 is reported beside it. Every
     best-of-n (n in `sweep`, up to N) comes from the same N samples through unbiased estimators
     over subsets (pass@k for exact match, the expected maximum for the TinyZero score), averaged
-    over prompts with a normal 95% interval.
+    over prompts with a normal 95% interval. With a `selector(prompts, responses, rows) -> keys`
+    (a reward model), each subset's pick is its highest-key sample instead, scored by the verifier.
     """
-    from rlft.metrics import expected_max_at_k, pass_at_k
+    from rlft.metrics import expected_max_at_k, expected_pick_at_k, pass_at_k
     from rlft.tasks import countdown
 
     prompts = _countdown_prompts(tokenizer, problems, template, system_prompt)
@@ -118,16 +120,29 @@ def countdown_best_of_n(model, tokenizer, problems: list[dict], template: str, s
         [countdown.score(r, p["nums"], p["target"]) for r in responses[i * n : (i + 1) * n]]
         for i, p in enumerate(problems)
     ]
+    keys = None
+    if selector is not None:
+        rows = [p for p in problems for _ in range(n)]
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages = [system + [{"role": "user", "content": countdown.make_prompt(p["nums"], p["target"], template)}]
+                    for p in rows]
+        flat = selector(messages, responses, rows)
+        keys = [flat[i * n : (i + 1) * n] for i in range(len(problems))]
     sweep = sorted({k for k in (sweep or _powers_of_two(n)) if 1 <= k <= n} | {n})
     out = {}
     for k in sweep:
-        exact = [pass_at_k(n, sum(s == countdown.CORRECT for s in scores), k) for scores in per_prompt]
-        mean = [expected_max_at_k(scores, k) for scores in per_prompt]
+        if keys is None:
+            exact = [pass_at_k(n, sum(s == countdown.CORRECT for s in scores), k) for scores in per_prompt]
+            mean = [expected_max_at_k(scores, k) for scores in per_prompt]
+        else:
+            exact = [expected_pick_at_k([float(s == countdown.CORRECT) for s in scores], ks, k)
+                     for scores, ks in zip(per_prompt, keys)]
+            mean = [expected_pick_at_k(scores, ks, k) for scores, ks in zip(per_prompt, keys)]
         name = "pass@1" if k == 1 else f"best_of_{k}"
         out[f"{name}_accuracy"] = {"value": sum(exact) / len(exact), "ci95": list(mean_interval(exact)), "n": len(exact)}
         out[f"{name}_mean_score"] = {"value": sum(mean) / len(mean), "ci95": list(mean_interval(mean)), "n": len(mean)}
     out.update({"samples_per_prompt": n, "temperature": temperature, "num_prompts": len(problems),
-                "selector": "countdown verifier"})
+                "selector": selector_name})
     return out
 
 
@@ -161,10 +176,13 @@ def ifcheck_heldout(model, tokenizer, prompts: list[dict], system_prompt: str | 
 
 
 def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows: list[dict], judge,
-                         system_prompt: str | None = None, max_new_tokens: int = 256, batch_size: int = 16) -> dict:
+                         system_prompt: str | None = None, max_new_tokens: int = 256, batch_size: int = 16,
+                         selector=None, n: int = 1, temperature: float = 1.0) -> dict:
     """Greedy responses of a model and of a reference model to held-out prompts (rows {prompt, ...}),
     scored by `judge(prompts, responses, rows)`; the model's win-rate against the reference (ties
-    count 1/2) and both mean judge scores, each with a 95% interval."""
+    count 1/2) and both mean judge scores, each with a 95% interval. With a `selector` (a reward
+    model) and n > 1, also best-of-n: n samples per prompt, the selector's pick judged against the
+    same reference responses."""
     from rlft.metrics import win_rate
 
     texts = [r["prompt"] for r in rows]
@@ -176,13 +194,24 @@ def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows:
                       max_new_tokens, batch_size, desc="reference responses")
     s_ours, s_theirs = judge(messages, ours, rows), judge(messages, theirs, rows)
     unbounded = (float("-inf"), float("inf"))  # reward-model scores are not confined to [0, 1]
-    n = len(rows)
-    return {
+    m = len(rows)
+    out = {
         "vs_reference": win_rate(s_ours, s_theirs),
-        "judge_score": {"value": sum(s_ours) / n, "ci95": list(mean_interval(s_ours, bounds=unbounded)), "n": n},
-        "reference_judge_score": {"value": sum(s_theirs) / n, "ci95": list(mean_interval(s_theirs, bounds=unbounded)),
-                                  "n": n},
+        "judge_score": {"value": sum(s_ours) / m, "ci95": list(mean_interval(s_ours, bounds=unbounded)), "n": m},
+        "reference_judge_score": {"value": sum(s_theirs) / m, "ci95": list(mean_interval(s_theirs, bounds=unbounded)),
+                                  "n": m},
         "decoding": "greedy",
         "samples": [{"prompt": t, "response": a, "reference": b, "score": x, "reference_score": y}
                     for t, a, b, x, y in list(zip(texts, ours, theirs, s_ours, s_theirs))[:10]],
     }
+    if selector is not None and n > 1:
+        sampled = generate(model, tokenizer, chat_prompts(tokenizer, texts, system_prompt), max_new_tokens,
+                           max(1, batch_size // n), do_sample=True, temperature=temperature, num_return_sequences=n,
+                           desc=f"best-of-{n} samples")
+        keys = selector([msg for msg in messages for _ in range(n)], sampled, [r for r in rows for _ in range(n)])
+        picks = [max(range(i * n, (i + 1) * n), key=lambda j: keys[j]) for i in range(m)]
+        s_best = judge(messages, [sampled[j] for j in picks], rows)
+        out[f"best_of_{n}_vs_reference"] = win_rate(s_best, s_theirs)
+        out[f"best_of_{n}_judge_score"] = {"value": sum(s_best) / m, "ci95": list(mean_interval(s_best, bounds=unbounded)),
+                                          "n": m}
+    return out

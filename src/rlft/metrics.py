@@ -94,3 +94,22 @@ def expected_max_at_k(scores: list[float], k: int) -> float:
     n = len(s)
     total = math.comb(n, k)
     return sum(s[i] * math.comb(i, k - 1) for i in range(k - 1, n)) / total
+
+
+def expected_pick_at_k(values: list[float], keys: list[float], k: int) -> float:
+    """Unbiased E[value of the sample a selector picks from k drawn without replacement], the
+    selector keeping the highest key (a reward model's score): with samples sorted by key, the
+    i-th (1-based) is the pick of C(i-1, k-1) of the C(n, k) subsets. Equal keys share their
+    subsets evenly (their values are averaged), so ties favour no sample."""
+    order = sorted(range(len(values)), key=lambda i: keys[i])
+    n = len(order)
+    total = math.comb(n, k)
+    out, i = 0.0, 0
+    while i < n:  # a run of equal keys: its members split the subsets it wins
+        j = i
+        while j + 1 < n and keys[order[j + 1]] == keys[order[i]]:
+            j += 1
+        wins = sum(math.comb(r, k - 1) for r in range(i, j + 1))
+        out += wins * sum(values[order[r]] for r in range(i, j + 1)) / (j - i + 1)
+        i = j + 1
+    return out / total

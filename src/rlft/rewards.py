@@ -89,3 +89,22 @@ def guarded(name: str, fn):
 
     call.__name__ = name  # TRL names the reward's metrics after the callable
     return call
+
+
+def selector(reward_cfg):
+    """The `reward` group as a best-of-N selector for stage=bon: keys = the weighted sum of its
+    (guarded) functions; an unscorable sample gets -inf, so it is picked only when all are."""
+    from rlft.config import build
+
+    names = list(reward_cfg.funcs)
+    funcs = [guarded(name, build(reward_cfg.funcs[name])) for name in names]
+    weights = [float(reward_cfg.weights[name]) for name in names]
+
+    def keys(prompts, responses, rows):
+        columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+        columns.pop("prompt", None)
+        per_func = [f(prompts, responses, **columns) for f in funcs]
+        return [sum(w * v for w, v in zip(weights, values)) if all(v is not None for v in values) else float("-inf")
+                for values in zip(*per_func)]
+
+    return keys

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from rlft.metrics import expected_max_at_k, pass_at_k
+from rlft.metrics import expected_max_at_k, expected_pick_at_k, pass_at_k
 
 
 @pytest.mark.parametrize("scores", [[0, 0.1, 1, 0.1, 0, 1], [1.0], [0.0] * 5, [0.1, 1, 1, 0, 0.1, 0, 0, 1]])
@@ -16,6 +16,48 @@ def test_best_of_k_estimators_equal_brute_force_over_subsets(scores):
         subsets = list(itertools.combinations(scores, k))
         assert expected_max_at_k(scores, k) == pytest.approx(statistics.mean(max(s) for s in subsets))
         assert pass_at_k(n, c, k) == pytest.approx(statistics.mean(any(x == 1 for x in s) for s in subsets))
+
+
+@pytest.mark.parametrize("values,keys", [([0, 0.1, 1, 0.1, 0, 1], [0.3, -1, 2, 0.5, 9, 1]),
+                                         ([1, 0, 1, 0], [1, 1, 1, 1]),             # all keys tie
+                                         ([0, 1, 0.1, 1, 0], [2, 2, -5, 0, 7])])  # some keys tie
+def test_reward_model_pick_estimator_equals_brute_force_over_subsets(values, keys):
+    n = len(values)
+    for k in range(1, n + 1):
+        picks = []
+        for subset in itertools.combinations(range(n), k):
+            best = max(keys[i] for i in subset)
+            tied = [values[i] for i in subset if keys[i] == best]
+            picks.append(statistics.mean(tied))  # equal keys: no sample favoured
+        assert expected_pick_at_k(values, keys, k) == pytest.approx(statistics.mean(picks))
+    # keys equal to the values: the pick is the maximum, the verifier's estimator
+    assert expected_pick_at_k(values, values, 2) == pytest.approx(expected_max_at_k(values, 2))
+
+
+@pytest.mark.smoke
+def test_bon_picks_by_a_reward_model(tmp_path, run_cli, tiny_base):
+    from rlft.config import build, compose
+
+    rm_dir = build(compose(["reward_model=tiny"]).reward_model.build)
+    common = ["stage=bon", "model=tiny", "data=countdown", f"init_from={tiny_base}", "n=4", "num_prompts=6",
+              "data.evaluate.max_new_tokens=8", "stage.sweep=[1,2]"]
+    code, _, err = run_cli("train", *common, f"run_dir={tmp_path / 'v'}")
+    assert code == 0, err
+    code, _, err = run_cli("train", *common, "select=reward", "reward=rm", f"reward.path={rm_dir}",
+                           f"run_dir={tmp_path / 'r'}")
+    assert code == 0, err
+    by_verifier = json.loads((tmp_path / "v" / "results.json").read_text())["sampled"]
+    by_rm = json.loads((tmp_path / "r" / "results.json").read_text())["sampled"]
+    assert by_rm["selector"] == "reward=rm" and by_verifier["selector"] == "countdown verifier"
+    # same seed, same samples: pass@1 does not depend on who picks; a reward model never beats the verifier
+    assert by_rm["pass@1_mean_score"] == by_verifier["pass@1_mean_score"]
+    assert by_rm["best_of_4_mean_score"]["value"] <= by_verifier["best_of_4_mean_score"]["value"]
+    code, _, err = run_cli("train", "stage=bon", "model=tiny", "data=ifcheck", f"init_from={tiny_base}",
+                           f"reference={tiny_base}", "select=reward", "reward=rm", f"reward.path={rm_dir}", "n=3",
+                           "num_prompts=3", "data.evaluate.max_new_tokens=8", f"run_dir={tmp_path / 'if'}")
+    assert code == 0, err
+    held = json.loads((tmp_path / "if" / "results.json").read_text())["heldout"]
+    assert held["best_of_3_vs_reference"]["win_rate"]["n"] == 3
 
 
 @pytest.mark.smoke

@@ -4,14 +4,16 @@
     rlft train stage=bon model=tiny data=ifcheck init_from=runs/dpo/model reference=runs/sft/model judge=rule
     make demo   (best-of-16 on the SFT and on the RLOO model)
 
-Countdown (data.task=countdown): N samples per held-out problem, chosen by the verifier. Writes
+Countdown (data.task=countdown): N samples per held-out problem, one picked by the verifier
+(select=verifier) or by the `reward` group (select=reward, e.g. reward=rm reward.path=DIR). Writes
 run_dir/results.json: greedy accuracy, pass@1 and best-of-n for every n in `sweep` up to N
 (unbiased, from the same N samples), exact match and mean TinyZero score, each with a 95%
 interval, plus seed, N, temperature and prompt count.
 
 Instruction following (any other data): greedy responses of the model and of `reference` to the
 held-out prompts, scored by the `judge` group (rule | rm | endpoint); results.json holds the
-win-rate against the reference (ties 1/2) and both mean judge scores, with 95% intervals.
+win-rate against the reference (ties 1/2) and both mean judge scores, with 95% intervals; with
+select=reward also the best-of-N pick's win-rate.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 def main(cfg) -> tuple[dict, dict]:
     from transformers import set_seed
 
-    from rlft import evaluate, models
+    from rlft import evaluate, models, rewards
     from rlft.config import build
     from rlft.errors import UserError
 
@@ -38,13 +40,21 @@ def main(cfg) -> tuple[dict, dict]:
     model = models.load_causal_lm(path, cfg.model.dtype)
     card = {"base_model": path}
 
+    # the best-of-N pick: the task's verifier, or the `reward` group (select=reward: e.g. a reward model)
+    if cfg.select not in ("verifier", "reward"):
+        raise UserError(f"select={cfg.select!r}: choose verifier or reward")
+    selector = rewards.selector(cfg.reward) if cfg.select == "reward" else None
+    selector_name = f"reward={cfg.reward.name}" if selector else "countdown verifier"
+    card["selector"] = selector_name
+
     if cfg.data.get("task") == "countdown":
-        # 3a. greedy answers, then N samples per prompt chosen by the verifier
+        # 3a. greedy answers, then N samples per prompt, one picked by the verifier or the reward
         greedy = build(cfg.data.evaluate)(model, tokenizer, heldout)
         sampled = evaluate.countdown_best_of_n(model, tokenizer, heldout, cfg.data.template, cfg.data.system_prompt,
                                                n=cfg.n, temperature=cfg.temperature, sweep=cfg.stage.sweep,
                                                max_new_tokens=cfg.data.evaluate.max_new_tokens,
-                                               batch_size=cfg.data.evaluate.batch_size)
+                                               batch_size=cfg.data.evaluate.batch_size, selector=selector,
+                                               selector_name=selector_name)
         return {"greedy": greedy, "sampled": sampled, "seed": cfg.seed, "model": path}, card
 
     # 3b. instruction following: the model against a reference model, scored by the judge
@@ -57,7 +67,8 @@ def main(cfg) -> tuple[dict, dict]:
     result = evaluate.instruction_win_rate(
         model, tokenizer, reference, models.load_tokenizer(str(cfg.reference), cfg.model.chat_template), heldout, judge,
         cfg.data.system_prompt, max_new_tokens=evaluation.get("max_new_tokens", cfg.stage.max_new_tokens),
-        batch_size=evaluation.get("batch_size", cfg.stage.batch_size))
+        batch_size=evaluation.get("batch_size", cfg.stage.batch_size), selector=selector, n=cfg.n,
+        temperature=cfg.temperature)
     card |= {"reference_model": str(cfg.reference), "judge": cfg.judge.name}
     return {"heldout": result, "seed": cfg.seed, "model": path, "reference": str(cfg.reference),
             "judge": cfg.judge.name}, card
