@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import inspect
 from pathlib import Path
 
@@ -33,12 +34,22 @@ def _register_resolvers() -> None:
         # bf16 only where the hardware has it: TRL configs default to bf16=True, which silently
         # autocasts on CPU. Resolved lazily, so composing a config never imports torch.
         OmegaConf.register_new_resolver("rlft.bf16", _bf16_available)
+    if not OmegaConf.has_resolver("rlft.use_cpu"):
+        # several ranks and no accelerator: only use_cpu joins them (gloo); without it accelerate
+        # makes every rank a lone single-process run that trains the same rows and writes as rank 0
+        OmegaConf.register_new_resolver("rlft.use_cpu", _ranks_without_accelerator)
 
 
 def _bf16_available() -> bool:
     import torch
 
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def _ranks_without_accelerator() -> bool:
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
 def compose(overrides: list[str], extra_config_dir: str | None = None):

@@ -32,7 +32,7 @@ def test_rloo_countdown_cli_contract(tmp_path, run_cli, countdown_sft, peft):
     records = _records(run_dir)
     assert sum("loss" in r for r in records) == 2
     assert all(r["unscorable/countdown"] == 0 for r in records if "loss" in r)
-    assert max(r["rewards/countdown/std"] for r in records if "loss" in r) > 0  # the verifier's reward varied
+    assert max(r["rewards/countdown/std"] for r in records if "loss" in r) > 1e-3  # the verifier's reward varied
     results = json.loads((run_dir / "results.json").read_text())
     assert results["heldout"]["accuracy"]["n"] == 8
     assert "| rloo | heldout | accuracy |" in out
