@@ -11,11 +11,15 @@ from rlft import config
 pytestmark = pytest.mark.smoke
 
 SMALL = {  # per stage: shrink the data and the step count, nothing else
-    "sft": ["max_steps=1", "data.sft_dataset.n=64", "data.heldout.n=4"],
-    "rm": ["max_steps=1", "data.preference_dataset.n=64", "data.preference_heldout.n=4"],
-    "dpo": ["max_steps=1", "data.preference_dataset.n=32", "data.heldout.n=4", "data.evaluate.max_new_tokens=8"],
-    "rloo": ["max_steps=1", "data.prompt_dataset.n=64", "data.heldout.n=4", "data.evaluate.max_new_tokens=8",
-             "stage.trainer.max_completion_length=8"],
+    "sft": ["max_steps=1", "stage.trainer.logging_steps=1",
+            "data.sft_dataset.n=64", "data.heldout.n=4"],
+    "rm": ["max_steps=1", "stage.trainer.logging_steps=1",
+            "data.preference_dataset.n=64", "data.preference_heldout.n=4"],
+    "dpo": ["max_steps=1", "stage.trainer.logging_steps=1",
+            "data.preference_dataset.n=32", "data.heldout.n=4", "data.evaluate.max_new_tokens=8"],
+    "rloo": ["max_steps=1", "stage.trainer.logging_steps=1",
+            "data.prompt_dataset.n=64", "data.heldout.n=4", "data.evaluate.max_new_tokens=8",
+            "stage.trainer.max_completion_length=8"],
     "bon": ["num_prompts=4", "n=4", "stage.sweep=[1,4]", "data.evaluate.max_new_tokens=8"],
 }
 TINY = sorted(name for name in config.group_options("experiment")

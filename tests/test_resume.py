@@ -99,3 +99,41 @@ def test_killed_run_resumes_bit_identical(stage, tmp_path, run_cli, request):
     assert changed_tensors(state_dict(run_dir / "checkpoints" / "checkpoint-2"), ours)
     # every step saw the same batch, weights, optimizer state, learning rate and samples
     assert _trained_steps(run_dir) == _trained_steps(reference)
+
+
+@pytest.mark.smoke
+def test_failure_while_saving_the_model_keeps_the_last_good_state(tmp_path, run_cli, monkeypatch):
+    """The final save (models.save_trained) dies halfway through writing the weights: a fresh run
+    is left with no model/ and no DONE; a run whose model/ was already published (killed later,
+    say during evaluation, and resumed) keeps that model/ byte for byte."""
+    from transformers import PreTrainedModel
+
+    run_dir = tmp_path / "sft"
+    args = ["train", "stage=sft", "data=countdown_tiny", "data.sft_dataset.n=32", "data.evaluate=null", "max_steps=2",
+            "stage.trainer.save_steps=1", "stage.trainer.per_device_train_batch_size=4", "report_to=[]",
+            f"run_dir={run_dir}"]
+    real_save = PreTrainedModel.save_pretrained
+
+    def dies_halfway(self, save_directory, *a, **kw):
+        real_save(self, save_directory, *a, **kw)
+        if Path(save_directory).name == "model.partial":  # the final model, not a checkpoint
+            weights = Path(save_directory) / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", dies_halfway)
+    with pytest.raises(OSError, match="No space"):
+        run_cli(*args)
+    assert not any((run_dir / name).exists() for name in ("model", "model.partial", "DONE", "results.json"))
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real_save)
+    code, _, err = run_cli(*args, "resume=true")
+    assert code == 0, err
+    good = {p.name: p.read_bytes() for p in (run_dir / "model").iterdir()}
+    (run_dir / "DONE").unlink()  # as if killed after publishing model/, before DONE
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", dies_halfway)
+    with pytest.raises(OSError, match="No space"):
+        run_cli(*args, "resume=true")
+    assert {p.name: p.read_bytes() for p in (run_dir / "model").iterdir()} == good
+    assert not (run_dir / "DONE").exists() and not (run_dir / "model.partial").exists()

@@ -12,7 +12,7 @@ What changes against stock trl.RLOOTrainer, and nothing else:
 3. On-policy without KL (beta = 0, one iteration, every generation consumed before the optimizer
    steps), TRL's extra no-grad forward for the "old" log-probs is skipped: the policy has not
    moved since sampling, so old == current and the loss uses current.detach() (ratio exp(0) = 1,
-   same gradient). tests/test_rloo.py proves the equality.
+   same gradient). tests/test_rloo_trainer.py proves the equality.
 The two methods copied from trl 1.16 mark every changed line between `# --- rlft: begin` and
 `# --- rlft: end`; a test checks that everything outside the fences still equals the installed
 trl source, so a trl upgrade that touches them fails loudly.
@@ -20,6 +20,7 @@ trl source, so a trl upgrade that touches them fails loudly.
 
 from __future__ import annotations
 
+import os
 import types
 from typing import Any
 
@@ -103,6 +104,21 @@ class RLOOTrainer(trl.RLOOTrainer):
         on_policy = (self.num_iterations == 1
                      and self.args.gradient_accumulation_steps % self.args.steps_per_generation == 0)
         self.skip_old_logps = on_policy and self.beta == 0.0
+
+    # Exact resume: TRL samples anew when `_step % (steps_per_generation * num_iterations) == 0` or its
+    # buffer is empty, and `_step` restarts at 0 after a resume, so a checkpoint inside a generation
+    # buffer would resume out of phase. The counter and the buffer travel with the checkpoint.
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        torch.save({"step": self._step, "buffered_inputs": self._buffered_inputs},
+                   os.path.join(output_dir, f"rloo_buffer_{self.args.process_index}.pt"))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        path = os.path.join(checkpoint, f"rloo_buffer_{self.args.process_index}.pt") if checkpoint else None
+        if path and os.path.isfile(path):
+            state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
+            self._step, self._buffered_inputs = state["step"], state["buffered_inputs"]
 
     # ------------------------------------------------------------------ copied from trl 1.16.0
 

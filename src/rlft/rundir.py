@@ -194,6 +194,7 @@ def _drop_partial_line(path: Path) -> None:
 def _remove_run_dir(run_dir: Path) -> None:
     """overwrite=true: the old run vanishes at once (renamed aside, then deleted), so a kill midway
     never leaves a DONE beside half-deleted outputs or a checkpoint missing half its files."""
+    run_dir = run_dir.resolve()
     doomed = run_dir.with_name(f".{run_dir.name}.overwritten-{os.getpid()}")
     try:
         os.replace(run_dir, doomed)

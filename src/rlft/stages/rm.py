@@ -45,19 +45,15 @@ def main(cfg) -> tuple[dict | None, dict]:
     resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
 
-    # 5. save model/ (AutoModelForSequenceClassification); with peft the adapter is merged
-    model_dir = Path(cfg.run_dir) / "model"
-    trainer.save_model(str(model_dir if peft_config is None else Path(cfg.run_dir) / "adapter"))
+    # 5. save model/ (AutoModelForSequenceClassification), atomically; with peft the adapter is
+    # saved to adapter/ and merged in place (the classifier head stays as trained)
+    scorer = models.save_trained(trainer, cfg.run_dir, path, tokenizer, rm.dtype, peft_config is not None,
+                                 merge=lambda adapter_dir: trainer.model.merge_and_unload())
+
+    # 6. held-out pairwise accuracy through the same contract (main process only)
     results = None
-    if trainer.is_world_process_zero():
-        scorer = trainer.model
-        if peft_config is not None:
-            scorer = trainer.model.merge_and_unload()
-            scorer.save_pretrained(str(model_dir))
-        tokenizer.save_pretrained(str(model_dir))
-        # 6. held-out pairwise accuracy through the same contract
-        if heldout is not None:
-            results = {"heldout": reward.pairwise_accuracy(scorer, tokenizer, heldout, rm.format, rm.max_length)}
+    if scorer is not None and heldout is not None:
+        results = {"heldout": reward.pairwise_accuracy(scorer, tokenizer, heldout, rm.format, rm.max_length)}
     card = {
         "base_model": path,
         "variant": cfg.rm.name,
