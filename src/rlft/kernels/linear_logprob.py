@@ -189,16 +189,19 @@ def _torch_forward(hidden, weight, targets, inv_t, with_entropy):
         for v0 in range(0, v, VOCAB_PER_TILE):
             v1 = min(v0 + VOCAB_PER_TILE, v)
             z = h @ weight[v0:v1].float().t()                             # (n_t, v_t): the only big tensor
-            z.mul_(inv_t)
+            if inv_t != 1.0:
+                z.mul_(inv_t)
             in_tile = (target >= v0) & (target < v1)
             picked = z.gather(1, (target - v0).clamp(0, v1 - v0 - 1).unsqueeze(1)).squeeze(1)
             tz = torch.where(in_tile, picked, tz)
             new_m = torch.maximum(m, z.amax(1))
             rescale = torch.exp(m - new_m)
-            e = torch.exp(z - new_m.unsqueeze(1))
-            s = s * rescale + e.sum(1)
-            if with_entropy:
+            if with_entropy:                                              # sum e*z needs z: one temporary
+                e = torch.exp(z - new_m.unsqueeze(1))
                 xs = xs * rescale + torch.linalg.vecdot(e, z)
+            else:                                                         # in place: no temporary at all
+                e = z.sub_(new_m.unsqueeze(1)).exp_()
+            s = s * rescale + e.sum(1)
             m = new_m
         lse[t0:t1] = m + torch.log(s)
         logp[t0:t1] = tz - lse[t0:t1]
@@ -219,13 +222,15 @@ def _torch_backward(hidden, weight, targets, lse, ent, g_logp, g_ent, inv_t, nee
         for v0 in range(0, v, VOCAB_PER_TILE):
             v1 = min(v0 + VOCAB_PER_TILE, v)
             log_p = h @ weight[v0:v1].float().t()                         # (n_t, v_t)
-            log_p.mul_(inv_t).sub_(lse[t0:t1].unsqueeze(1))               # log p_j
-            p = torch.exp(log_p)
-            if g_ent is not None:                                         # g_ent * p_j (log p_j + entropy)
+            if inv_t != 1.0:
+                log_p.mul_(inv_t)
+            log_p.sub_(lse[t0:t1].unsqueeze(1))                           # log p_j
+            if g_ent is None:
+                dz = log_p.exp_().mul_(-g_logp[t0:t1].unsqueeze(1))      # -g * p_j, in place
+            else:                                                         # - g_ent * p_j (log p_j + entropy)
+                p = torch.exp(log_p)
                 log_p.add_(ent[t0:t1].unsqueeze(1)).mul_(p).mul_(g_ent[t0:t1].unsqueeze(1))
-            dz = p.mul_(-g_logp[t0:t1].unsqueeze(1))                      # -g * p_j, in place
-            if g_ent is not None:
-                dz.sub_(log_p)
+                dz = p.mul_(-g_logp[t0:t1].unsqueeze(1)).sub_(log_p)
             target = targets[t0:t1] - v0
             in_tile = (target >= 0) & (target < v1 - v0)
             dz[rows[in_tile], target[in_tile]] += g_logp[t0:t1][in_tile]
