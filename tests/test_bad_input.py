@@ -68,6 +68,8 @@ CATALOGUE = [
     ("bon on data without held-out prompts", ["stage=bon", "data=smoltalk"], "has no heldout"),
     ("bon win-rate without a reference", ["stage=bon", "data=ifcheck", "init_from={base}", "num_prompts=2"],
      "set reference=MODEL_DIR"),
+    ("bon with vLLM not installed", ["stage=bon", "data=countdown", "init_from={base}", "generation_backend=vllm",
+                                     "num_prompts=2"], "generation_backend=vllm needs the vllm package"),
     ("bon with n < 1", ["stage=bon", "data=countdown", "init_from={base}", "n=0", "num_prompts=2"], "n must be"),
     ("judge reward model path unset", ["stage=bon", "data=ifcheck", "judge=rm", "init_from={base}",
                                        "reference={base}", "num_prompts=2"], "judge.path"),

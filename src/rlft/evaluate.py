@@ -28,8 +28,11 @@ def generate(
 ) -> list[str]:
     """Completions for rendered prompts, batched with left padding and the KV cache.
 
-    Returns len(prompts) * num_return_sequences strings, grouped by prompt.
+    Returns len(prompts) * num_return_sequences strings, grouped by prompt. A models.VLLMPolicy
+    samples through vLLM instead (same strings, same grouping).
     """
+    if hasattr(model, "generate_texts"):
+        return model.generate_texts(prompts, max_new_tokens, do_sample, temperature, num_return_sequences)
     import torch
     from tqdm.auto import tqdm
 

@@ -315,3 +315,27 @@ def load_reward_model(path: str, dtype: str = "float32"):
     if model.config.pad_token_id is None:  # last-token pooling needs to find the padding
         model.config.pad_token_id = model.config.eos_token_id
     return model
+
+
+class VLLMPolicy:
+    """A model dir served by vLLM for sampling (stage=bon generation_backend=vllm on a GPU box):
+    evaluate.generate hands its prompts here instead of transformers' generate, and results keep
+    the same schema. Only generation goes through vLLM; nothing is trained."""
+
+    def __init__(self, path: str, dtype: str, stop_ids: list[int], seed: int):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise UserError("generation_backend=vllm needs the vllm package (pip install vllm, on a CUDA box); "
+                            "or use generation_backend=transformers") from None
+        self.llm = LLM(model=path, dtype=dtype, seed=seed)
+        self.stop_ids = stop_ids
+
+    def generate_texts(self, prompts: list[str], max_new_tokens: int, do_sample: bool, temperature: float,
+                       num_return_sequences: int) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=num_return_sequences, temperature=temperature if do_sample else 0.0,
+                                max_tokens=max_new_tokens, stop_token_ids=self.stop_ids)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [c.text for out in outputs for c in out.outputs]  # grouped by prompt, like transformers

@@ -37,8 +37,13 @@ def main(cfg) -> tuple[dict, dict]:
     # 2. the policy to evaluate (any model dir: init_from)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
-    model = models.load_causal_lm(path, cfg.model.dtype)
-    card = {"base_model": path}
+    if cfg.generation_backend not in ("transformers", "vllm"):
+        raise UserError(f"generation_backend={cfg.generation_backend!r}: choose transformers or vllm")
+    if cfg.generation_backend == "vllm":  # GPU boxes: the same results, sampled by vLLM
+        model = models.VLLMPolicy(path, cfg.model.dtype, models.stop_token_ids(tokenizer), cfg.seed)
+    else:
+        model = models.load_causal_lm(path, cfg.model.dtype)
+    card = {"base_model": path, "generation_backend": cfg.generation_backend}
 
     # the best-of-N pick: the task's verifier, or the `reward` group (select=reward: e.g. a reward model)
     if cfg.select not in ("verifier", "reward"):
