@@ -1,7 +1,8 @@
 """`rlft report RUN_DIR... [--out DIR]`: results tables and plots from run dirs.
 
-Reads each run dir's config.yaml, results.json and metrics.jsonl; prints one markdown table
-(run, eval, metric, value, 95% CI, n) and writes it with a CSV twin and PNG plots to --out:
+Reads each run dir's config.yaml, results.json and metrics.jsonl; prints the headline numbers in
+the paper's layout (a row per run, a column per metric), then every metric (run, eval, metric,
+value, 95% CI, n), and writes them with a CSV twin and PNG plots to --out:
 best_of_n.png (best-of-n accuracy against n for every best-of-N run) and training.png (training
 loss against step for every trained run). matplotlib renders off-screen; no display needed.
 """
@@ -31,25 +32,79 @@ def load_run(run_dir: str) -> dict:
 
 
 def rows(runs: list[dict]) -> list[dict]:
-    """One row per reported metric: every {"value", "ci95", "n"} entry of each results.json."""
+    """One row per reported metric: every {"value", "ci95", "n"} entry of each results.json, at any
+    depth (a nested metric is named by its path: vs_reference.win_rate)."""
     out = []
+
+    def walk(run: dict, section: str, node: dict, path: str) -> None:
+        for key, m in node.items():
+            if not isinstance(m, dict):
+                continue
+            name = f"{path}.{key}" if path else key
+            if "value" in m:
+                lo, hi = m.get("ci95", (None, None))
+                out.append({"run": run["name"], "stage": run["stage"], "eval": section, "metric": name,
+                            "value": m["value"], "ci95_low": lo, "ci95_high": hi, "n": m.get("n")})
+            else:
+                walk(run, section, m, name)
+
     for run in runs:
         for section, metrics in run["results"].items():
-            if not isinstance(metrics, dict):
-                continue
-            for metric, m in metrics.items():
-                if isinstance(m, dict) and "value" in m:
-                    lo, hi = m.get("ci95", (None, None))
-                    out.append({"run": run["name"], "stage": run["stage"], "eval": section, "metric": metric,
-                                "value": m["value"], "ci95_low": lo, "ci95_high": hi, "n": m.get("n")})
+            if isinstance(metrics, dict):
+                walk(run, section, metrics, "")
     return out
 
 
 def markdown(table: list[dict]) -> str:
     lines = ["| run | eval | metric | value | 95% CI | n |", "|---|---|---|---|---|---|"]
     for r in table:
-        ci = f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]" if r["ci95_low"] is not None else ""
-        lines.append(f"| {r['run']} | {r['eval']} | {r['metric']} | {r['value']:.3f} | {ci} | {r['n']} |")
+        lines.append(f"| {r['run']} | {r['eval']} | {r['metric']} | {r['value']:.3f} | {_ci(r)} | {r['n']} |")
+    return "\n".join(lines)
+
+
+def _ci(r: dict) -> str:
+    return f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]" if r["ci95_low"] is not None else ""
+
+
+def _best_of_k(metric: str) -> int | None:
+    parts = metric.split("_")
+    return int(parts[2]) if metric.startswith("best_of_") and metric.endswith("_accuracy") and parts[2].isdigit() else None
+
+
+# The paper's layout: one row per model, one column per headline number (exact match where both
+# exact match and TinyZero's score exist). Each test picks a table row's (eval, metric).
+HEADLINE = [
+    ("greedy accuracy", lambda e, m: m == "accuracy" and e in ("greedy", "heldout")),
+    ("sampled pass@1", lambda e, m: m == "pass@1_accuracy"),
+    ("best-of-N", lambda e, m: _best_of_k(m) is not None),
+    ("RM pairwise accuracy", lambda e, m: m == "pairwise_accuracy"),
+    ("constraints satisfied", lambda e, m: e == "heldout" and m == "satisfied"),
+    ("win-rate vs reference", lambda e, m: m.endswith("win_rate") and not m.startswith("best_of")),
+]
+
+
+def summary(table: list[dict]) -> str:
+    """The headline numbers as the paper lays them out: rows = runs, columns = metrics (95% CI);
+    best-of-N is the largest N a run reports."""
+    cells: dict[str, dict[str, str]] = {}
+    for r in table:
+        for column, wanted in HEADLINE:
+            if not wanted(r["eval"], r["metric"]):
+                continue
+            row = cells.setdefault(r["run"], {})
+            text = f"{r['value']:.3f} {_ci(r)}"
+            if column == "best-of-N":  # keep the largest N, and say which
+                k = _best_of_k(r["metric"])
+                if row.get("best_k", 0) > k:
+                    continue
+                row["best_k"], text = k, f"{text} (N={k})"
+            row[column] = text
+    columns = [c for c, _ in HEADLINE if any(c in row for row in cells.values())]
+    if not columns:
+        return ""
+    lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for run, row in cells.items():
+        lines.append(f"| {run} | " + " | ".join(row.get(c, "") for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -128,7 +183,8 @@ def report(run_dirs: list[str], out: str) -> str:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"report --out {out!r} is not writable ({e.strerror})") from None
-    text = markdown(table)
+    headline = summary(table)
+    text = (headline + "\n\nAll metrics:\n\n" if headline else "") + markdown(table)
     (out_dir / "results.md").write_text(text + "\n")
     with (out_dir / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["run", "stage", "eval", "metric", "value", "ci95_low", "ci95_high", "n"])
