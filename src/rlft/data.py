@@ -246,17 +246,27 @@ def ultrafeedback_heldout_prompts(path: str, split: str = "test_gen", n: int = 4
     return out
 
 
-def count_over_length(tokenizer, pairs, max_length: int | None) -> int:
-    """How many preference pairs render (chat template) longer than `max_length` tokens on either
-    side: TRL's DPO truncates those (truncation_mode), so rlft counts and reports them."""
+def count_over_length(tokenizer, rows, max_length: int | None) -> int:
+    """How many rows render (chat template) longer than `max_length` tokens: SFT rows
+    ({"messages"}) or preference pairs (prompt + chosen, prompt + rejected; a pair counts once).
+    TRL truncates them (SFT: max_length; DPO: truncation_mode), so rlft counts and reports them."""
     if max_length is None:
         return 0
-    over = 0
-    for row in pairs:
-        for side in ("chosen", "rejected"):
-            ids = tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-            if len(ids) > max_length:
-                over += 1
-                break
+    over, batch, owners = 0, [], []
+
+    def flush():
+        nonlocal over, batch, owners
+        lengths = [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
+        over += len({owner for owner, n in zip(owners, lengths) if n > max_length})
+        batch, owners = [], []
+
+    for i, row in enumerate(rows):
+        chats = [row["messages"]] if "messages" in row else [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
+        for chat in chats:
+            batch.append(tokenizer.apply_chat_template(chat, tokenize=False))
+            owners.append(i)
+        if len(batch) >= 2048:
+            flush()
+    if batch:
+        flush()
     return over

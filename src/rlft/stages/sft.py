@@ -19,6 +19,7 @@ def main(cfg) -> tuple[dict | None, dict]:
 
     from rlft import models
     from rlft.config import build
+    from rlft.data import count_over_length
     from rlft.metrics import metrics_logger
 
     # 1. seed and data first, so a bad data file fails before any model loads
@@ -34,6 +35,7 @@ def main(cfg) -> tuple[dict | None, dict]:
 
     # 3. trainer: every TRL knob comes from stage.trainer (trl.SFTConfig)
     args = build(cfg.stage.trainer)
+    over_length = count_over_length(tokenizer, train_dataset, args.max_length)  # TRL truncates them: counted
     peft_config = build(cfg.peft.config) if cfg.peft.get("config") else None
     trainer = SFTTrainer(
         model=model,
@@ -62,5 +64,6 @@ def main(cfg) -> tuple[dict | None, dict]:
         "learning_rate": args.learning_rate,
         "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
         "max_length": args.max_length,
+        "rows_over_max_length": f"{over_length} (truncated by TRL to max_length)",
     }
     return results, card
