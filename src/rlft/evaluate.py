@@ -5,14 +5,16 @@ from __future__ import annotations
 from rlft.metrics import mean_interval, wilson_interval
 
 
+def chat_messages(user_texts: list[str], system_prompt: str | None = None) -> list[list[dict]]:
+    """One user turn per text, after the system prompt if there is one."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [system + [{"role": "user", "content": text}] for text in user_texts]
+
+
 def chat_prompts(tokenizer, user_texts: list[str], system_prompt: str | None = None) -> list[str]:
     """Render user turns with the chat template, ending where the assistant starts."""
-    out = []
-    for text in user_texts:
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": text})
-        out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return out
+    return [tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            for messages in chat_messages(user_texts, system_prompt)]
 
 
 def generate(
@@ -126,9 +128,7 @@ def countdown_best_of_n(model, tokenizer, problems: list[dict], template: str, s
     keys = None
     if selector is not None:
         rows = [p for p in problems for _ in range(n)]
-        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages = [system + [{"role": "user", "content": countdown.make_prompt(p["nums"], p["target"], template)}]
-                    for p in rows]
+        messages = chat_messages([countdown.make_prompt(p["nums"], p["target"], template) for p in rows], system_prompt)
         flat = selector(messages, responses, rows)
         keys = [flat[i * n : (i + 1) * n] for i in range(len(problems))]
     sweep = sorted({k for k in (sweep or _powers_of_two(n)) if 1 <= k <= n} | {n})
@@ -189,8 +189,7 @@ def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows:
     from rlft.metrics import win_rate
 
     texts = [r["prompt"] for r in rows]
-    messages = [([{"role": "system", "content": system_prompt}] if system_prompt else [])
-                + [{"role": "user", "content": t}] for t in texts]
+    messages = chat_messages(texts, system_prompt)
     ours = generate(model, tokenizer, chat_prompts(tokenizer, texts, system_prompt), max_new_tokens, batch_size,
                     desc="policy responses")
     theirs = generate(reference, reference_tokenizer, chat_prompts(reference_tokenizer, texts, system_prompt),

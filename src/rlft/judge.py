@@ -170,10 +170,9 @@ def rule_judge():
 def reward_model_judge(path: str, fmt: str = "chat", max_length: int = 1024, batch_size: int = 32,
                        dtype: str = "float32"):
     """configs/judge/rm.yaml: a local reward model dir (e.g. stage=rm's model/) or hub id."""
-    from rlft import models
+    from rlft.reward import load_scorer
 
-    model = models.load_reward_model(path, dtype)
-    tokenizer = models.load_tokenizer(path, chat_template="chatml" if fmt == "chat" else None)
+    model, tokenizer = load_scorer(path, fmt, dtype)
     return lambda prompts, responses, rows: reward_model_scores(model, tokenizer, prompts, responses, fmt, max_length,
                                                                 batch_size)
 

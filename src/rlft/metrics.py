@@ -55,6 +55,7 @@ def metrics_logger(run_dir: str):
     from transformers import TrainerCallback
 
     from rlft.errors import UserError
+    from rlft.rundir import checkpoints
 
     path = Path(run_dir) / "metrics.jsonl"
 
@@ -69,8 +70,7 @@ def metrics_logger(run_dir: str):
             bad = {k: logs[k] for k in ("loss", "grad_norm") if isinstance(logs.get(k), (int, float))
                    and not math.isfinite(logs[k])}
             if bad:
-                kept = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-                              if p.name.split("-")[-1].isdigit() else -1)
+                kept = checkpoints(Path(run_dir))
                 last = f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint was saved yet"
                 what = ", ".join(f"{k}={v}" for k, v in bad.items())
                 raise UserError(f"non-finite {what} at step {state.global_step}: training stopped ({last}); "

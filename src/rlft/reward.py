@@ -83,6 +83,15 @@ def score(model, tokenizer, prompts: list[list[dict]], responses: list[str], fmt
     return rewards
 
 
+def load_scorer(path: str, fmt: str, dtype: str = "float32"):
+    """A trained reward model and its tokenizer, ready for `score` (ChatML template for `chat`)."""
+    from rlft import models
+
+    model = models.load_reward_model(path, dtype)
+    model.eval()
+    return model, models.load_tokenizer(path, chat_template="chatml" if fmt == "chat" else None)
+
+
 def pairwise_accuracy(model, tokenizer, dataset, fmt: str, max_length: int, batch_size: int = 32) -> dict:
     """Held-out pairwise accuracy: how often r(chosen) > r(rejected), with a Wilson 95% interval."""
     from rlft.metrics import wilson_interval

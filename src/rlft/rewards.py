@@ -56,11 +56,10 @@ def reward_model_reward(path: str, fmt: str = "chat", max_length: int = 1024, ba
     """A trained sequence-classification reward model scored through rlft.reward.score."""
     from accelerate import PartialState
 
-    from rlft import models, reward
+    from rlft import reward
 
-    model = models.load_reward_model(path, dtype).to(PartialState().device)
-    model.eval()
-    tokenizer = models.load_tokenizer(path, chat_template="chatml" if fmt == "chat" else None)
+    model, tokenizer = reward.load_scorer(path, fmt, dtype)
+    model.to(PartialState().device)
 
     def reward_model(prompts, completions, **kwargs):
         prompts = [p if isinstance(p, list) else [{"role": "user", "content": str(p)}] for p in prompts]
@@ -91,14 +90,19 @@ def guarded(name: str, fn):
     return call
 
 
-def selector(reward_cfg):
-    """The `reward` group as a best-of-N selector for stage=bon: keys = the weighted sum of its
-    (guarded) functions; an unscorable sample gets -inf, so it is picked only when all are."""
+def from_config(reward_cfg) -> tuple[list[str], list, list[float]]:
+    """The `reward` group's functions, each guarded, and their weights, in config order."""
     from rlft.config import build
 
     names = list(reward_cfg.funcs)
-    funcs = [guarded(name, build(reward_cfg.funcs[name])) for name in names]
-    weights = [float(reward_cfg.weights[name]) for name in names]
+    return (names, [guarded(name, build(reward_cfg.funcs[name])) for name in names],
+            [float(reward_cfg.weights[name]) for name in names])
+
+
+def selector(reward_cfg):
+    """The `reward` group as a best-of-N selector for stage=bon: keys = the weighted sum of its
+    (guarded) functions; an unscorable sample gets -inf, so it is picked only when all are."""
+    _, funcs, weights = from_config(reward_cfg)
 
     def keys(prompts, responses, rows):
         columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}

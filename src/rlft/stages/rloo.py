@@ -32,8 +32,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     heldout = build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None
 
     # 2. rewards, each guarded, weighted in config order (a bad reward-model path fails here, early too)
-    names = list(cfg.reward.funcs)
-    reward_funcs = [rewards.guarded(name, build(cfg.reward.funcs[name])) for name in names]
+    names, reward_funcs, weights = rewards.from_config(cfg.reward)
 
     # 3. policy (the reference is the same weights: TRL loads it, or disables the adapter with peft)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
@@ -43,7 +42,7 @@ def main(cfg) -> tuple[dict | None, dict]:
 
     # 4. trainer: rlft.rloo.RLOOTrainer (or stock trl.RLOOTrainer) from stage.algorithm; every TRL
     # knob from stage.trainer (trl.RLOOConfig); generation stops at the end of the assistant turn
-    args = build(cfg.stage.trainer, reward_weights=[float(cfg.reward.weights[name]) for name in names])
+    args = build(cfg.stage.trainer, reward_weights=weights)
     args.generation_kwargs = {**(args.generation_kwargs or {}), "eos_token_id": models.stop_token_ids(tokenizer)}
     per_generation = args.generation_batch_size // args.num_generations  # prompts sampled at once, all ranks
     if len(train_dataset) < per_generation:
@@ -80,7 +79,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         "base_model": path,
         "reference_model": path,
         "trainer": cfg.stage.algorithm._target_,
-        "rewards": {name: float(cfg.reward.weights[name]) for name in names},
+        "rewards": dict(zip(names, weights)),
         "train_prompts": len(train_dataset),
         "steps": trainer.state.global_step,
         "k": args.num_generations,
