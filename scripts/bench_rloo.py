@@ -16,8 +16,11 @@ inputs already hold; the weight gradient (545 MB fp32) is in every path's number
 Targets: rlft extra peak <= 1/8 of full at 4,096 tokens; time <= 1.0x full.
 
 Part 2: a full RLOO training step on the tiny model, rlft.rloo.RLOOTrainer vs stock
-trl.RLOOTrainer, same config and seed (the same samples are drawn): completion tokens/s and the
-ratio, with the paper's KL (beta 0.03) and without (beta 0, where rlft also skips the old forward).
+trl.RLOOTrainer, with make demo's trainer config (experiment=tiny_math_rloo: 128 completions x 48
+tokens per step) and one seed (the same samples are drawn): completion tokens/s and the ratio,
+with the paper's KL (beta 0.03: rlft takes the KL's old log-probs from its sampler instead of a
+forward), the same with old_logps=forward (what the kernels alone give), and without KL (beta 0).
+Rounds alternate which trainer runs first; the median ratio is the figure.
 On a CUDA box the same script runs the Triton kernels for real.
 """
 
@@ -118,47 +121,56 @@ def part1(token_counts: list[int], dtype: str) -> None:
     print(f"device: {row['rlft']['device']}")
 
 
-def part2(steps: int) -> None:
-    import datasets
+def part2(steps: int, rounds: int) -> None:
+    import statistics
+
     import torch
+    import transformers
     import trl
-    from trl import RLOOConfig
 
     from rlft import models, rewards, rloo
     from rlft.config import build, compose
 
-    cfg = compose(["model=tiny", "data=countdown_tiny"])
+    cfg = compose(["experiment=tiny_math_rloo"])  # make demo's RLOO step: 32 prompts x k=4, 48 new tokens
     path = build(cfg.model.build)
-    prompts = build(cfg.data.prompt_dataset, n=64)
+    prompts = build(cfg.data.prompt_dataset, n=4096)
     reward = rewards.guarded("countdown", rewards.countdown_reward())
-    print(f"\n== part 2: RLOO steps on the tiny model ({path}), {steps} timed steps after 1 warm-up, "
-          f"k=4, 16 completions x 48 tokens per step, threads={torch.get_num_threads()}")
-    for beta in (0.03, 0.0):
-        rate = {}
-        for name, cls in (("trl", trl.RLOOTrainer), ("rlft", rloo.RLOOTrainer)):
-            args = RLOOConfig(output_dir=f"/tmp/bench_rloo_{name}", num_generations=4, per_device_train_batch_size=16,
-                              gradient_accumulation_steps=1, max_completion_length=48, beta=beta, learning_rate=1e-5,
-                              max_steps=steps + 1, logging_steps=1, report_to=[], bf16=False, seed=0,
-                              save_strategy="no", use_cpu=not torch.cuda.is_available(), temperature=1.0)
-            args.generation_kwargs = {"min_new_tokens": 48}  # both trainers decode exactly the same length
-            tokenizer = models.load_tokenizer(path)
-            trainer = cls(model=models.load_causal_lm(path), reward_funcs=[reward], args=args, train_dataset=prompts,
-                          processing_class=tokenizer)
-            times = []
+    batch, length = cfg.stage.trainer.per_device_train_batch_size, cfg.stage.trainer.max_completion_length
+    print(f"\n== part 2: RLOO steps on the tiny model ({path}), experiment=tiny_math_rloo's trainer config: "
+          f"{batch} completions x {length} tokens per step; {steps} timed steps after 1 warm-up, {rounds} rounds "
+          f"(trl and rlft alternate), threads={torch.get_num_threads()}")
 
-            class Clock(__import__("transformers").TrainerCallback):
-                def on_step_begin(self, *a, **k):
-                    times.append(time.perf_counter())
+    def rate(cls, beta, **options) -> float:
+        args = build(cfg.stage.trainer, output_dir="/tmp/bench_rloo", max_steps=steps + 1, beta=beta,
+                     save_strategy="no", report_to=[], logging_steps=steps + 1, disable_tqdm=True)
+        args.generation_kwargs = {"min_new_tokens": length}  # every completion the same length in both trainers
+        trainer = cls(model=models.load_causal_lm(path), reward_funcs=[reward], args=args, train_dataset=prompts,
+                      processing_class=models.load_tokenizer(path), **options)
+        times = []
 
-                def on_step_end(self, *a, **k):
-                    times[-1] = time.perf_counter() - times[-1]
+        class Clock(transformers.TrainerCallback):
+            def on_step_begin(self, *a, **k):
+                times.append(time.perf_counter())
 
-            trainer.add_callback(Clock())
-            trainer.train()
-            seconds = sum(times[1:])
-            rate[name] = steps * 16 * 48 / seconds
-        print(f"beta={beta}: stock trl {rate['trl']:8.0f} completion tokens/s | rlft {rate['rlft']:8.0f} | "
-              f"ratio rlft/trl {rate['rlft'] / rate['trl']:.2f}x", flush=True)
+            def on_step_end(self, *a, **k):
+                times[-1] = time.perf_counter() - times[-1]
+
+        trainer.add_callback(Clock())
+        trainer.train()
+        return steps * batch * length / sum(times[1:])
+
+    variants = [("beta 0.03 (paper)", 0.03, {}), ("beta 0.03, old_logps=forward", 0.03, {"old_logps": "forward"}),
+                ("beta 0", 0.0, {})]
+    for label, beta, options in variants:
+        ratios, seen = [], {"trl": [], "rlft": []}
+        for r in range(rounds):
+            order = [("trl", trl.RLOOTrainer, {}), ("rlft", rloo.RLOOTrainer, options)]
+            for name, cls, opts in order if r % 2 == 0 else order[::-1]:
+                seen[name].append(rate(cls, beta, **opts))
+            ratios.append(seen["rlft"][-1] / seen["trl"][-1])
+        print(f"{label:>30}: stock trl {statistics.median(seen['trl']):7.0f} completion tokens/s | rlft "
+              f"{statistics.median(seen['rlft']):7.0f} | ratio rlft/trl median {statistics.median(ratios):.2f}x "
+              f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})", flush=True)
 
 
 def main() -> None:
@@ -170,12 +182,13 @@ def main() -> None:
     parser.add_argument("--part", type=int, choices=(1, 2))
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.part in (None, 1):
         part1(args.tokens, args.dtype)
     if args.part in (None, 2):
-        part2(args.steps)
+        part2(args.steps, args.rounds)
 
 
 if __name__ == "__main__":

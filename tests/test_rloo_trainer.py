@@ -82,12 +82,73 @@ def test_fused_head_matches_trls(tiny_base, temperature):
         torch.testing.assert_close(g_b[name], g_a[name], atol=1e-5, rtol=1e-4)
 
 
+def _grouped_batch(k=3, groups=4, prompt=9, completion=7):
+    """k rows per prompt, left-padded prompts of several lengths, right-padded completions."""
+    g = torch.Generator().manual_seed(1)
+    prompts = torch.randint(0, 500, (groups, prompt), generator=g).repeat_interleave(k, 0)
+    prompt_mask = torch.ones_like(prompts)
+    for i in range(groups):
+        prompt_mask[i * k:(i + 1) * k, :i] = 0
+    completions = torch.randint(0, 500, (groups * k, completion), generator=g)
+    completion_mask = torch.ones_like(completions)
+    for i in range(groups * k):
+        completion_mask[i, completion - i % 4:] = 0
+    ids, mask = torch.cat([prompts, completions], 1), torch.cat([prompt_mask, completion_mask], 1)
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :prompt] = -100
+    return ids, mask, labels
+
+
+def test_repeated_prompts_run_once_with_the_same_log_probs_entropies_and_gradients(tiny_base, monkeypatch):
+    from rlft import models
+
+    ids, mask, labels = _grouped_batch()
+    used, original = [], rloo._shared_prompt_hidden
+    prompt_rows, out = [], {}
+    for who in ("plain", "shared"):
+        model = models.load_causal_lm(tiny_base)
+        assert rloo.add_fused_lm_head(model, 0.7, with_entropy=True)
+        model.base_model.register_forward_pre_hook(lambda m, a, k: prompt_rows.append(k["input_ids"].shape),
+                                                   with_kwargs=True)
+        monkeypatch.setattr(rloo, "_shared_prompt_hidden",  # plain: every row run whole, as before
+                            (lambda *a, **k: None) if who == "plain" else
+                            (lambda *a, **k: used.append(original(*a, **k)) or used[-1]))
+        o = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        (o.log_probs.sum() + 0.1 * o.entropy.sum()).backward()
+        out[who] = (o.log_probs.detach(), o.entropy.detach(), o.label_mask,
+                    {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert used and used[-1] is not None
+    assert prompt_rows == [(12, 16), (4, 9), (12, 7)]  # whole rows; then 4 prompts once, 12 completions
+    (lp_a, ent_a, m_a, g_a), (lp_b, ent_b, m_b, g_b) = out["plain"], out["shared"]
+    assert torch.equal(m_a, m_b) and lp_b.shape == lp_a.shape == (12, 15)
+    torch.testing.assert_close(lp_b, lp_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent_b, ent_a, atol=1e-5, rtol=1e-5)
+    for name in g_a:
+        torch.testing.assert_close(g_b[name], g_a[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_shared_prompts_only_where_they_apply(tiny_base):
+    from rlft import models
+
+    model = models.load_causal_lm(tiny_base)
+    ids, mask, labels = _grouped_batch()
+    assert rloo._shared_prompt_hidden(model, input_ids=ids, attention_mask=mask, labels=labels) is not None
+    distinct = ids.clone()
+    distinct[:, 8] = torch.arange(12)  # every prompt differs
+    assert rloo._shared_prompt_hidden(model, input_ids=distinct, attention_mask=mask, labels=labels) is None
+    assert rloo._shared_prompt_hidden(model, input_ids=ids, attention_mask=mask, labels=labels,
+                                      pixel_values=torch.zeros(1)) is None
+    model.gradient_checkpointing_enable()
+    model.train()
+    assert rloo._shared_prompt_hidden(model, input_ids=ids, attention_mask=mask, labels=labels) is None
+
+
 def _reward(prompts, completions, **kwargs):
     """Varied, deterministic in the text: distinct characters of the completion."""
     return [len(set(c[0]["content"])) / 10 for c in completions]
 
 
-def _run(cls, tiny_base, tmp_path, beta, reward_funcs=(_reward,), steps=3):
+def _run(cls, tiny_base, tmp_path, beta, reward_funcs=(_reward,), steps=3, **options):
     import datasets
     from trl import RLOOConfig
 
@@ -100,19 +161,20 @@ def _run(cls, tiny_base, tmp_path, beta, reward_funcs=(_reward,), steps=3):
                       use_cpu=True, temperature=1.0, normalize_advantages=True)
     calls = []
     trainer = cls(model=models.load_causal_lm(tiny_base), reward_funcs=list(reward_funcs), args=args,
-                  train_dataset=datasets.Dataset.from_list(rows), processing_class=models.load_tokenizer(tiny_base))
+                  train_dataset=datasets.Dataset.from_list(rows), processing_class=models.load_tokenizer(tiny_base),
+                  **options)
     original = trainer._get_per_token_logps_and_entropies
     trainer._get_per_token_logps_and_entropies = lambda *a, **k: calls.append(1) or original(*a, **k)
     trainer.train()
     return trainer, len(calls)
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.03])
-def test_same_advantages_losses_and_weights_as_stock_trl(tiny_base, tmp_path, beta):
+@pytest.mark.parametrize("beta,old_logps", [(0.0, "sampling"), (0.03, "sampling"), (0.03, "forward")])
+def test_same_advantages_losses_and_weights_as_stock_trl(tiny_base, tmp_path, beta, old_logps):
     import trl
 
     stock, stock_calls = _run(trl.RLOOTrainer, tiny_base, tmp_path, beta)
-    ours, our_calls = _run(rloo.RLOOTrainer, tiny_base, tmp_path, beta)
+    ours, our_calls = _run(rloo.RLOOTrainer, tiny_base, tmp_path, beta, old_logps=old_logps)
     assert ours.fused_lm_head
     a, b = list(stock._logs["advantages"]), list(ours._logs["advantages"])  # the last step's (TRL keeps one)
     assert len(a) == len(b) == 8 and any(abs(x) > 0.1 for x in a)
@@ -124,11 +186,13 @@ def test_same_advantages_losses_and_weights_as_stock_trl(tiny_base, tmp_path, be
         assert [r[key] for r in logs_b] == pytest.approx([r[key] for r in logs_a], rel=1e-4, abs=1e-5), key
     for (name, p), q in zip(stock.model.named_parameters(), ours.model.parameters()):
         torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4, msg=name)
-    # on-policy with beta = 0 the old-log-prob forward is skipped: the equalities above are the proof
+    # on-policy the old-log-prob forward is skipped (with beta > 0 the sampler recorded them): the
+    # equalities above are the proof
     assert ours.skip_old_logps == (beta == 0.0)
+    assert (ours.sampler is not None) == (beta != 0.0 and old_logps == "sampling")
     per_step = 3 if beta else 2  # forwards per step: old, (reference,) loss
     assert stock_calls == 3 * per_step
-    assert our_calls == 3 * (per_step - (beta == 0.0))
+    assert our_calls == 3 * (per_step - (old_logps == "sampling"))
 
 
 def test_failing_reward_marks_samples_unscorable_and_the_run_goes_on(tiny_base, tmp_path):

@@ -9,10 +9,14 @@ What changes against stock trl.RLOOTrainer, and nothing else:
    Models it does not cover (logit soft-capping or scaling, an lm_head bias or adapter, ZeRO-3
    partitioned weights) keep TRL's own fused head.
 2. Advantages. KL penalty, leave-one-out baseline and normalisation are one rloo_advantages launch.
-3. On-policy without KL (beta = 0, one iteration, every generation consumed before the optimizer
-   steps), TRL's extra no-grad forward for the "old" log-probs is skipped: the policy has not
-   moved since sampling, so old == current and the loss uses current.detach() (ratio exp(0) = 1,
-   same gradient). tests/test_rloo_trainer.py proves the equality.
+3. On-policy (one iteration, every generation consumed before the optimizer steps), TRL's extra
+   no-grad forward for the "old" log-probs is skipped: the policy has not moved since sampling,
+   so old == current and the loss uses current.detach() (ratio exp(0) = 1, same gradient). With a
+   KL penalty (beta > 0) the KL's old log-probs come from the sampler itself
+   (rlft.sampling.RecordingSampler, transformers' custom_generate hook: the log-prob of each token
+   as it was drawn, before min_new_tokens / top-k / ... processors, = what the forward recomputes
+   to float error); `old_logps="forward"` keeps TRL's forward. tests/test_rloo_trainer.py proves
+   the equalities against stock TRL.
 The two methods copied from trl 1.16 mark every changed line between `# --- rlft: begin` and
 `# --- rlft: end`; a test checks that everything outside the fences still equals the installed
 trl source, so a trl upgrade that touches them fails loudly.
@@ -20,6 +24,7 @@ trl source, so a trl upgrade that touches them fails loudly.
 
 from __future__ import annotations
 
+import functools
 import os
 import types
 from typing import Any
@@ -43,6 +48,7 @@ from trl.trainer.rloo_trainer import (  # the names the copied methods use, from
 from trl.trainer.utils import FusedCausalLMOutput
 
 from rlft.kernels import linear_logprobs, rloo_advantages
+from rlft.sampling import RecordingSampler
 
 COPIED_FROM_TRL = ("_generate_and_score_completions", "_compute_loss")
 
@@ -70,16 +76,22 @@ def add_fused_lm_head(model, temperature: float = 1.0, with_entropy: bool = Fals
                 if value is not None:
                     kwargs[key] = value
             return original_forward(*args, **kwargs)
-        kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state                 # (B, L, H)
-        if shift_labels is None:
-            hidden, labels = hidden[:, :-1], labels[:, 1:]                          # position t predicts t+1
+        shared = shift_labels is None and not args and _shared_prompt_hidden(self, labels=labels, **kwargs)
+        if shared:                                   # each distinct prompt ran once (see _shared_prompt_hidden)
+            hidden, labels = shared
         else:
-            labels = shift_labels
-        mask = labels != -100                                                        # (B, L-1)
+            kwargs["use_cache"] = False
+            hidden = self.base_model(*args, **kwargs).last_hidden_state             # (B, L, H)
+            if shift_labels is None:
+                hidden, labels = hidden[:, :-1], labels[:, 1:]                      # position t predicts t+1
+            else:
+                labels = shift_labels
+        mask = labels != -100                                                        # (B, L-1) or (B, L-S)
         weight = self.get_output_embeddings().weight
         logp, entropy = linear_logprobs(hidden[mask], weight, labels[mask], temperature, with_entropy)
         # masked_scatter keeps an all-masked micro-batch connected to the graph (a zero, not an error)
+        if shared:  # back to the (B, L-1) layout TRL reads: the first L-S columns held no labels
+            mask = torch.cat([mask.new_zeros(mask.size(0), kwargs["input_ids"].size(1) - 1 - mask.size(1)), mask], 1)
         log_probs = logp.new_zeros(mask.shape).masked_scatter(mask, logp)
         entropy = entropy.new_zeros(mask.shape).masked_scatter(mask, entropy) if entropy is not None else None
         loss = -log_probs.sum() / (mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
@@ -89,11 +101,46 @@ def add_fused_lm_head(model, temperature: float = 1.0, with_entropy: bool = Fals
     return True
 
 
-class RLOOTrainer(trl.RLOOTrainer):
-    """trl.RLOOTrainer with rlft's fused log-prob kernel, one-launch advantages and, on-policy
-    without KL, no separate old-log-prob forward. Same constructor and config (trl.RLOOConfig)."""
+def _shared_prompt_hidden(model, input_ids=None, attention_mask=None, labels=None, **rest):
+    """Hidden states for the labelled positions, running each distinct prompt once.
 
-    def __init__(self, *args, **kwargs):
+    RLOO scores k completions of every prompt, so a batch holds each prompt k times. The leading
+    columns no row has a label in (the prompt, left-padded) are run once per distinct row, their
+    key/value cache is copied to each row of the group, and only the completion columns run per
+    row: (k-1)/k of the prompt tokens' compute is saved in every log-prob pass (backward included).
+    Exactly the same attention: prompt tokens only ever attend to the prompt, completion tokens to
+    the prompt and their own past; positions are the full sequence's. Returns (hidden, labels) for
+    the columns S-1.., each predicting the next token, or None where this does not apply (no
+    repeated prompt, extra model inputs, gradient checkpointing, which cannot keep a cache).
+    """
+    if (input_ids is None or attention_mask is None or labels is None or set(rest) - {"use_cache", "return_dict"}
+            or (model.training and torch.is_grad_enabled() and getattr(model, "is_gradient_checkpointing", False))):
+        return None
+    unlabelled = (labels == -100).all(0)
+    prefix = int(unlabelled.int().cumprod(0).sum())  # S: leading columns without a label in any row
+    if prefix < 2 or prefix >= input_ids.size(1):
+        return None
+    rows, group = torch.unique(torch.cat([input_ids[:, :prefix], attention_mask[:, :prefix]], 1), dim=0,
+                               return_inverse=True)
+    if rows.size(0) == input_ids.size(0):
+        return None
+    out = model.base_model(input_ids=rows[:, :prefix], attention_mask=rows[:, prefix:], use_cache=True)
+    cache = out.cache
+    cache.batch_select_indices(group)                 # each row gets its prompt's keys/values (gradients add up)
+    tail = model.base_model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, cache=cache,
+                            use_cache=False).last_hidden_state                  # (B, L-S, H)
+    hidden = torch.cat([out.last_hidden_state[group, prefix - 1:], tail[:, :-1]], 1)  # column t predicts t+1
+    return hidden, labels[:, prefix:]
+
+
+class RLOOTrainer(trl.RLOOTrainer):
+    """trl.RLOOTrainer with rlft's fused log-prob kernel, one-launch advantages and, on-policy, no
+    separate old-log-prob forward. Same constructor and config (trl.RLOOConfig), plus
+    `old_logps`: "sampling" (the KL's old log-probs recorded while sampling) or "forward" (TRL's pass)."""
+
+    def __init__(self, *args, old_logps: str = "sampling", **kwargs):
+        if old_logps not in ("sampling", "forward"):
+            raise ValueError(f"old_logps must be 'sampling' or 'forward', got {old_logps!r}")
         super().__init__(*args, **kwargs)
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
         self.fused_lm_head = add_fused_lm_head(policy, self.temperature, with_entropy=True)
@@ -104,6 +151,13 @@ class RLOOTrainer(trl.RLOOTrainer):
         on_policy = (self.num_iterations == 1
                      and self.args.gradient_accumulation_steps % self.args.steps_per_generation == 0)
         self.skip_old_logps = on_policy and self.beta == 0.0
+        # On-policy with a KL penalty the sampler records the old log-probs as it draws the tokens
+        # (transformers generation only: vLLM and continuous batching keep the forward).
+        self.sampler = None
+        if (on_policy and self.beta != 0.0 and old_logps == "sampling" and not self.use_vllm
+                and not self.use_transformers_continuous_batching and (self.generation_config.num_beams or 1) == 1):
+            self.sampler = RecordingSampler(self.temperature)
+        self._sampling_logps = None
 
     # Exact resume: TRL samples anew when `_step % (steps_per_generation * num_iterations) == 0` or its
     # buffer is empty, and `_step` restarts at 0 after a resume, so a checkpoint inside a generation
@@ -119,6 +173,24 @@ class RLOOTrainer(trl.RLOOTrainer):
         if path and os.path.isfile(path):
             state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
             self._step, self._buffered_inputs = state["step"], state["buffered_inputs"]
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
+        """TRL's, with rlft's sampling loop handed to `generate` (custom_generate) when it records old log-probs."""
+        self._sampling_logps = None
+        if self.sampler is None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields)
+        target = self.accelerator.unwrap_model(self.model_wrapped)  # what TRL's unwrap_model_for_generation yields
+        own = vars(target).get("generate")
+        target.generate = functools.partial(target.generate, custom_generate=self.sampler)
+        try:
+            completion_ids = super()._generate_single_turn(prompt_ids, images, multimodal_fields)
+        finally:
+            if own is None:
+                del target.generate
+            else:
+                target.generate = own
+        self._sampling_logps = self.sampler.logps  # None where generate fell back to its own loop
+        return completion_ids
 
     # ------------------------------------------------------------------ copied from trl 1.16.0
 
@@ -263,9 +335,15 @@ class RLOOTrainer(trl.RLOOTrainer):
         # torch.no_grad() block triggers a harmless PyTorch warning ("None of the inputs have requires_grad=True").
         # Temporarily disable checkpointing to avoid this warning during inference.
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            # --- rlft: begin  on-policy with beta = 0 the loss uses its own detached log-probs (see __init__)
+            # --- rlft: begin  on-policy the loss uses its own detached log-probs, and the KL the sampler's (see __init__)
             old_per_token_logps = old_logps = None
-            if not self.skip_old_logps:
+            if self._sampling_logps is not None:
+                old_per_token_logps = self._sampling_logps[:, : completion_ids.size(1)]
+                if old_per_token_logps.size(1) < completion_ids.size(1):  # pad_to_multiple_of
+                    old_per_token_logps = torch.nn.functional.pad(
+                        old_per_token_logps, (0, completion_ids.size(1) - old_per_token_logps.size(1)))
+                old_per_token_logps = old_per_token_logps.to(device)
+            elif not self.skip_old_logps:
                 old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
                     self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size,
                     num_images=num_images, num_tiles=num_tiles, **forward_kwargs,
