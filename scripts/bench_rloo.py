@@ -156,6 +156,7 @@ def part2(steps: int, rounds: int) -> None:
                 times[-1] = time.perf_counter() - times[-1]
 
         trainer.add_callback(Clock())
+        trainer.remove_callback(transformers.PrinterCallback)  # no log dicts between the figures
         trainer.train()
         return steps * batch * length / sum(times[1:])
 

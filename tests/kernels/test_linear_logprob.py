@@ -5,9 +5,21 @@ import pytest
 import torch
 
 from rlft.kernels import linear_logprob
-from rlft.kernels.linear_logprob import linear_logprobs
 
-BACKENDS = ["torch", "triton"]
+# the torch path twice: keeping the forward's logits for the backward (small problems, the default
+# here) and recomputing them tile by tile (what large problems do)
+BACKENDS = ["torch", "torch-recompute", "triton"]
+
+
+def linear_logprobs(*args, backend=None, **kwargs):
+    """rlft's, with "torch-recompute" = the torch path with no logits kept (decided at the forward)."""
+    keep = linear_logprob.KEEP_LOGITS_BYTES
+    if backend == "torch-recompute":
+        linear_logprob.KEEP_LOGITS_BYTES = 0
+    try:
+        return linear_logprob.linear_logprobs(*args, backend=backend and backend.split("-")[0], **kwargs)
+    finally:
+        linear_logprob.KEEP_LOGITS_BYTES = keep
 
 
 def _inputs(n, h, v, dtype=torch.float32, seed=0):
@@ -84,6 +96,24 @@ def test_tiles_smaller_than_the_problem(backend, monkeypatch):
     got = torch.autograd.grad((lp + ent).sum(), (hidden, weight))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_torch_path_keeps_small_logits_for_the_backward_and_recomputes_large_ones(monkeypatch):
+    hidden, weight, targets = _inputs(20, 16, 50)
+    lp, _ = linear_logprobs(hidden, weight, targets, 0.8, backend="torch")
+    assert lp.grad_fn.kept.shape == (20, 50)                     # 4 kB: kept, no recompute GEMM
+    torch.testing.assert_close(lp.grad_fn.kept, (hidden @ weight.t()).detach() / 0.8)
+    monkeypatch.setattr(linear_logprob, "KEEP_LOGITS_BYTES", 20 * 50 * 4 - 1)
+    assert linear_logprobs(hidden, weight, targets, backend="torch")[0].grad_fn.kept is None
+    monkeypatch.undo()
+    with torch.no_grad():                                         # no backward coming: nothing kept
+        assert linear_logprobs(hidden, weight, targets, backend="torch")[0].grad_fn is None
+    lp, _ = linear_logprobs(hidden.detach(), weight.detach(), targets, backend="torch")
+    assert lp.grad_fn is None
+    # a retained graph runs the backward twice on the kept logits: same gradient both times
+    lp, _ = linear_logprobs(hidden, weight, targets, 0.8, backend="torch")
+    first = torch.autograd.grad(lp.sum(), hidden, retain_graph=True)[0]
+    torch.testing.assert_close(torch.autograd.grad(lp.sum(), hidden)[0], first)
 
 
 def test_triton_matches_torch_reference_exactly_enough():

@@ -33,6 +33,10 @@ except ImportError:  # pragma: no cover
 # Torch path tile: 1,024 tokens x 8,192 vocab in fp32 = 32 MB, plus one temporary of the same size.
 TOKENS_PER_TILE = 1024
 VOCAB_PER_TILE = 8192
+# Torch path: when all of the (scaled) logits fit in this many bytes the forward keeps them for the
+# backward, which then skips the recompute GEMM (4 GEMMs -> 3, like the full-logits path, still
+# without its log-softmax and gradient copies). Qwen2.5's vocab: up to ~1,760 tokens; the tiny model: always.
+KEEP_LOGITS_BYTES = 2**30
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -172,12 +176,13 @@ def _accumulate(grad_h, grad_w, dz, hidden, weight, t0, t1, v0, v1):
 
 # ----------------------------------------------------------------------------- torch reference (CPU path)
 
-def _torch_forward(hidden, weight, targets, inv_t, with_entropy):
+def _torch_forward(hidden, weight, targets, inv_t, with_entropy, keep_logits=False):
     n = hidden.shape[0]
     v = weight.shape[0]
     logp = torch.empty(n, device=hidden.device, dtype=torch.float32)
     lse = torch.empty_like(logp)
     ent = torch.empty_like(logp) if with_entropy else None
+    kept = torch.empty(n, v, device=hidden.device, dtype=torch.float32) if keep_logits else None
     for t0 in range(0, n, TOKENS_PER_TILE):
         t1 = min(t0 + TOKENS_PER_TILE, n)
         h = hidden[t0:t1].float()                                         # (n_t, H)
@@ -191,6 +196,8 @@ def _torch_forward(hidden, weight, targets, inv_t, with_entropy):
             z = h @ weight[v0:v1].float().t()                             # (n_t, v_t): the only big tensor
             if inv_t != 1.0:
                 z.mul_(inv_t)
+            if kept is not None:
+                kept[t0:t1, v0:v1] = z
             in_tile = (target >= v0) & (target < v1)
             picked = z.gather(1, (target - v0).clamp(0, v1 - v0 - 1).unsqueeze(1)).squeeze(1)
             tz = torch.where(in_tile, picked, tz)
@@ -207,10 +214,10 @@ def _torch_forward(hidden, weight, targets, inv_t, with_entropy):
         logp[t0:t1] = tz - lse[t0:t1]
         if with_entropy:
             ent[t0:t1] = lse[t0:t1] - xs / s
-    return logp, lse, ent
+    return logp, lse, ent, kept
 
 
-def _torch_backward(hidden, weight, targets, lse, ent, g_logp, g_ent, inv_t, need_h, need_w):
+def _torch_backward(hidden, weight, targets, lse, ent, g_logp, g_ent, inv_t, need_h, need_w, kept=None):
     n = hidden.shape[0]
     v = weight.shape[0]
     grad_h = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32) if need_h else None
@@ -221,10 +228,13 @@ def _torch_backward(hidden, weight, targets, lse, ent, g_logp, g_ent, inv_t, nee
         rows = torch.arange(t1 - t0, device=h.device)
         for v0 in range(0, v, VOCAB_PER_TILE):
             v1 = min(v0 + VOCAB_PER_TILE, v)
-            log_p = h @ weight[v0:v1].float().t()                         # (n_t, v_t)
-            if inv_t != 1.0:
-                log_p.mul_(inv_t)
-            log_p.sub_(lse[t0:t1].unsqueeze(1))                           # log p_j
+            if kept is not None:                                          # the forward's logits (not in place:
+                log_p = kept[t0:t1, v0:v1] - lse[t0:t1].unsqueeze(1)      # a retained graph may run it twice)
+            else:
+                log_p = h @ weight[v0:v1].float().t()                     # (n_t, v_t)
+                if inv_t != 1.0:
+                    log_p.mul_(inv_t)
+                log_p.sub_(lse[t0:t1].unsqueeze(1))                       # log p_j
             if g_ent is None:
                 dz = log_p.exp_().mul_(-g_logp[t0:t1].unsqueeze(1))      # -g * p_j, in place
             else:                                                         # - g_ent * p_j (log p_j + entropy)
@@ -245,8 +255,12 @@ class _LinearLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, inv_t, with_entropy, use_triton):
         ctx.set_materialize_grads(False)  # entropy is often logged only: no zero gradient to walk the vocab for
-        logp, lse, ent = (_triton_forward if use_triton else _torch_forward)(hidden, weight, targets, inv_t,
-                                                                             with_entropy)
+        if use_triton:
+            logp, lse, ent = _triton_forward(hidden, weight, targets, inv_t, with_entropy)
+            ctx.kept = None
+        else:
+            keep = any(ctx.needs_input_grad[:2]) and hidden.shape[0] * weight.shape[0] * 4 <= KEEP_LOGITS_BYTES
+            logp, lse, ent, ctx.kept = _torch_forward(hidden, weight, targets, inv_t, with_entropy, keep)
         ctx.save_for_backward(hidden, weight, targets, lse, ent if ent is not None else lse)
         ctx.inv_t, ctx.use_triton, ctx.with_entropy = inv_t, use_triton, with_entropy
         return logp, ent
@@ -259,9 +273,9 @@ class _LinearLogProb(torch.autograd.Function):
             return None, None, None, None, None, None
         g_logp = torch.zeros_like(lse) if g_logp is None else g_logp.float().contiguous()
         g_ent = g_ent.float().contiguous() if (g_ent is not None and ctx.with_entropy) else None
-        backward = _triton_backward if ctx.use_triton else _torch_backward
-        grad_h, grad_w = backward(hidden, weight, targets, lse, ent if ctx.with_entropy else None, g_logp, g_ent,
-                                  ctx.inv_t, need_h, need_w)
+        args = (hidden, weight, targets, lse, ent if ctx.with_entropy else None, g_logp, g_ent, ctx.inv_t,
+                need_h, need_w)
+        grad_h, grad_w = _triton_backward(*args) if ctx.use_triton else _torch_backward(*args, kept=ctx.kept)
         return (grad_h.to(hidden.dtype) if grad_h is not None else None,
                 grad_w.to(weight.dtype) if grad_w is not None else None, None, None, None, None)
 
