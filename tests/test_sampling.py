@@ -23,6 +23,16 @@ def _config(tokenizer, **kwargs):
     return GenerationConfig(**{**base, **kwargs})
 
 
+def _stock_and_ours(model, inputs, config, sampler, seed):
+    """The same seed through stock generate and through the sampler; asserts the same tokens."""
+    torch.manual_seed(seed)
+    stock = model.generate(**inputs, generation_config=config)
+    torch.manual_seed(seed)
+    ours = model.generate(**inputs, generation_config=config, custom_generate=sampler)
+    assert torch.equal(ours, stock)
+    return ours, ours[:, inputs["input_ids"].shape[1]:]
+
+
 def _full_forward_logps(model, inputs, sequences, temperature):
     prompt = inputs["input_ids"].shape[1]
     mask = torch.cat([inputs["attention_mask"], torch.ones_like(sequences[:, prompt:])], dim=1)
@@ -41,12 +51,7 @@ def test_same_tokens_as_stock_generate_and_log_probs_of_a_full_forward(lm, kwarg
     model, tokenizer, inputs = lm
     config = _config(tokenizer, **kwargs)
     sampler = RecordingSampler(config.temperature)
-    torch.manual_seed(0)
-    stock = model.generate(**inputs, generation_config=config)
-    torch.manual_seed(0)
-    ours = model.generate(**inputs, generation_config=config, custom_generate=sampler)
-    assert torch.equal(ours, stock)
-    new = ours[:, inputs["input_ids"].shape[1]:]
+    ours, new = _stock_and_ours(model, inputs, config, sampler, seed=0)
     assert sampler.logps.shape == new.shape
     live = torch.ones_like(new, dtype=torch.bool)  # up to and including each row's EOS
     is_eos = new == tokenizer.eos_token_id
@@ -81,12 +86,7 @@ def test_rows_finish_at_eos_and_are_padded_like_stock(lm):
     stops = list(range(3, 1024, 8))
     config = _config(tokenizer, max_new_tokens=200, eos_token_id=stops)
     sampler = RecordingSampler()
-    torch.manual_seed(1)
-    stock = model.generate(**inputs, generation_config=config)
-    torch.manual_seed(1)
-    ours = model.generate(**inputs, generation_config=config, custom_generate=sampler)
-    assert torch.equal(ours, stock)
-    new = ours[:, inputs["input_ids"].shape[1]:]
+    ours, new = _stock_and_ours(model, inputs, config, sampler, seed=1)
     ends = torch.isin(new, torch.tensor(stops)).int().argmax(1)
     assert new.shape[1] < 200 and len(set(ends.tolist())) >= 3  # rows ended at several different steps
     for row, end in zip(new, ends):
