@@ -17,6 +17,9 @@ What changes against stock trl.RLOOTrainer, and nothing else:
    as it was drawn, before min_new_tokens / top-k / ... processors, = what the forward recomputes
    to float error); `old_logps="forward"` keeps TRL's forward. tests/test_rloo_trainer.py proves
    the equalities against stock TRL.
+4. Each prompt once. A batch repeats every prompt k times; the sampler prefills each distinct prompt
+   once, and the log-prob passes run the shared prompt columns once per distinct prompt and the
+   completions against copies of its key/value cache (_shared_prompt_hidden).
 The two methods copied from trl 1.16 mark every changed line between `# --- rlft: begin` and
 `# --- rlft: end`; a test checks that everything outside the fences still equals the installed
 trl source, so a trl upgrade that touches them fails loudly.
@@ -158,6 +161,7 @@ class RLOOTrainer(trl.RLOOTrainer):
                 and not self.use_transformers_continuous_batching and (self.generation_config.num_beams or 1) == 1):
             self.sampler = RecordingSampler(self.temperature)
         self._sampling_logps = None
+        self.old_logps_source = "unused" if self.skip_old_logps else "sampler" if self.sampler else "forward"
 
     # Exact resume: TRL samples anew when `_step % (steps_per_generation * num_iterations) == 0` or its
     # buffer is empty, and `_step` restarts at 0 after a resume, so a checkpoint inside a generation

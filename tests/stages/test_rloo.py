@@ -40,6 +40,20 @@ def test_rloo_countdown_cli_contract(tmp_path, run_cli, countdown_sft, peft):
     assert "rlft.rloo.RLOOTrainer" in card and "k: 4" in card
 
 
+@pytest.mark.parametrize("override,trainer", [("stage.algorithm._target_=trl.RLOOTrainer", "trl.RLOOTrainer"),
+                                              ("+stage.algorithm.old_logps=forward", "rlft.rloo.RLOOTrainer")])
+def test_rloo_trainer_class_and_options_from_the_config(tmp_path, run_cli, countdown_sft, override, trainer):
+    run_dir = tmp_path / "rloo"
+    code, out, err = run_cli("train", "stage=rloo", "model=tiny", "data=countdown_tiny", "reward=countdown",
+                             f"init_from={countdown_sft}", f"run_dir={run_dir}", "data.prompt_dataset.n=64",
+                             override, *FAST)
+    assert code == 0, err
+    assert changed_tensors(state_dict(countdown_sft), state_dict(run_dir / "model"))
+    card = (run_dir / "model" / "README.md").read_text()
+    assert f"trainer: {trainer}" in card
+    assert ("old_logps: forward" in card) == ("old_logps" in override)
+
+
 @pytest.mark.parametrize("peft", ["none", "lora"])
 def test_rloo_reward_model_cli_contract(tmp_path, run_cli, tiny_base, peft):
     from rlft.config import build, compose

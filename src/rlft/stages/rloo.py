@@ -79,6 +79,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         "base_model": path,
         "reference_model": path,
         "trainer": cfg.stage.algorithm._target_,
+        "old_logps": getattr(trainer, "old_logps_source", "forward"),  # rlft: sampler | forward | unused (beta 0)
         "rewards": dict(zip(names, weights)),
         "train_prompts": len(train_dataset),
         "steps": trainer.state.global_step,
