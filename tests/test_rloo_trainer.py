@@ -195,6 +195,18 @@ def test_same_advantages_losses_and_weights_as_stock_trl(tiny_base, tmp_path, be
     assert our_calls == 3 * (per_step - (old_logps == "sampling"))
 
 
+def test_lora_policy_records_old_log_probs_while_sampling(tiny_base, tmp_path):
+    """Through PeftModel.generate too: per step one reference pass (adapter off) and the loss pass."""
+    from peft import LoraConfig
+
+    ours, calls = _run(rloo.RLOOTrainer, tiny_base, tmp_path, 0.03, steps=2,
+                       peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    assert ours.old_logps_source == "sampler" and ours._sampling_logps is not None
+    assert calls == 2 * 2
+    kl = [r["kl"] for r in ours.state.log_history if "kl" in r]
+    assert abs(kl[0]) < 1e-5 < abs(kl[-1])  # step 1: adapter B = 0, the policy is the base; then it moves
+
+
 def test_failing_reward_marks_samples_unscorable_and_the_run_goes_on(tiny_base, tmp_path):
     from rlft.rewards import guarded
 
