@@ -98,18 +98,28 @@ def test_tiles_smaller_than_the_problem(backend, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_torch_path_keeps_small_logits_for_the_backward_and_recomputes_large_ones(monkeypatch):
+def test_torch_path_keeps_logit_tiles_for_the_backward_up_to_its_budget(monkeypatch):
     hidden, weight, targets = _inputs(20, 16, 50)
     lp, _ = linear_logprobs(hidden, weight, targets, 0.8, backend="torch")
-    assert lp.grad_fn.kept.shape == (20, 50)                     # 4 kB: kept, no recompute GEMM
-    torch.testing.assert_close(lp.grad_fn.kept, (hidden @ weight.t()).detach() / 0.8)
+    (tile,) = lp.grad_fn.kept.values()                           # 4 kB: all kept, no recompute GEMM
+    torch.testing.assert_close(tile, (hidden @ weight.t()).detach() / 0.8)
     monkeypatch.setattr(linear_logprob, "KEEP_LOGITS_BYTES", 20 * 50 * 4 - 1)
-    assert linear_logprobs(hidden, weight, targets, backend="torch")[0].grad_fn.kept is None
+    assert linear_logprobs(hidden, weight, targets, backend="torch")[0].grad_fn.kept == {}
+    # several tiles, a budget for three of them: those kept, the rest recomputed, the same gradient
+    monkeypatch.setattr(linear_logprob, "TOKENS_PER_TILE", 8)
+    monkeypatch.setattr(linear_logprob, "VOCAB_PER_TILE", 16)
+    monkeypatch.setattr(linear_logprob, "KEEP_LOGITS_BYTES", 3 * 8 * 16 * 4)
+    for with_entropy in (True, False):
+        lp, ent = linear_logprobs(hidden, weight, targets, 0.8, with_entropy=with_entropy, backend="torch")
+        assert list(lp.grad_fn.kept) == [(0, 0), (0, 16), (0, 32)]
+        ref_lp, ref_ent = _full_logits(hidden, weight, targets, 0.8)
+        out, ref = (lp + ent, ref_lp + ref_ent) if with_entropy else (lp, ref_lp)
+        for a, b in zip(torch.autograd.grad(out.sum(), (hidden, weight)), torch.autograd.grad(ref.sum(), (hidden, weight))):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     monkeypatch.undo()
     with torch.no_grad():                                         # no backward coming: nothing kept
         assert linear_logprobs(hidden, weight, targets, backend="torch")[0].grad_fn is None
-    lp, _ = linear_logprobs(hidden.detach(), weight.detach(), targets, backend="torch")
-    assert lp.grad_fn is None
+    assert linear_logprobs(hidden.detach(), weight.detach(), targets, backend="torch")[0].grad_fn is None
     # a retained graph runs the backward twice on the kept logits: same gradient both times
     lp, _ = linear_logprobs(hidden, weight, targets, 0.8, backend="torch")
     first = torch.autograd.grad(lp.sum(), hidden, retain_graph=True)[0]

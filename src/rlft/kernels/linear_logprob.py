@@ -33,10 +33,11 @@ except ImportError:  # pragma: no cover
 # Torch path tile: 1,024 tokens x 8,192 vocab in fp32 = 32 MB, plus one temporary of the same size.
 TOKENS_PER_TILE = 1024
 VOCAB_PER_TILE = 8192
-# Torch path: when all of the (scaled) logits fit in this many bytes the forward keeps them for the
-# backward, which then skips the recompute GEMM (4 GEMMs -> 3, like the full-logits path, still
-# without its log-softmax and gradient copies). Qwen2.5's vocab: up to ~1,760 tokens; the tiny model: always.
-KEEP_LOGITS_BYTES = 2**30
+# Torch path: the forward keeps (scaled) logit tiles for the backward up to this many bytes, and the
+# backward recomputes only the others: a kept tile saves one of its four GEMMs (three, like the
+# full-logits path, still without its log-softmax and gradient copies). Qwen2.5's vocab: all tiles
+# kept up to ~880 tokens, the first 512 MiB of them beyond; the tiny model: always all.
+KEEP_LOGITS_BYTES = 512 * 2**20
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -176,13 +177,13 @@ def _accumulate(grad_h, grad_w, dz, hidden, weight, t0, t1, v0, v1):
 
 # ----------------------------------------------------------------------------- torch reference (CPU path)
 
-def _torch_forward(hidden, weight, targets, inv_t, with_entropy, keep_logits=False):
+def _torch_forward(hidden, weight, targets, inv_t, with_entropy, keep_bytes=0):
     n = hidden.shape[0]
     v = weight.shape[0]
     logp = torch.empty(n, device=hidden.device, dtype=torch.float32)
     lse = torch.empty_like(logp)
     ent = torch.empty_like(logp) if with_entropy else None
-    kept = torch.empty(n, v, device=hidden.device, dtype=torch.float32) if keep_logits else None
+    kept = {}                                                             # (t0, v0) -> that tile's logits
     for t0 in range(0, n, TOKENS_PER_TILE):
         t1 = min(t0 + TOKENS_PER_TILE, n)
         h = hidden[t0:t1].float()                                         # (n_t, H)
@@ -196,8 +197,9 @@ def _torch_forward(hidden, weight, targets, inv_t, with_entropy, keep_logits=Fal
             z = h @ weight[v0:v1].float().t()                             # (n_t, v_t): the only big tensor
             if inv_t != 1.0:
                 z.mul_(inv_t)
-            if kept is not None:
-                kept[t0:t1, v0:v1] = z
+            if z.numel() * 4 <= keep_bytes:
+                kept[t0, v0] = z if with_entropy else z.clone()           # (without entropy z is reused in place)
+                keep_bytes -= z.numel() * 4
             in_tile = (target >= v0) & (target < v1)
             picked = z.gather(1, (target - v0).clamp(0, v1 - v0 - 1).unsqueeze(1)).squeeze(1)
             tz = torch.where(in_tile, picked, tz)
@@ -218,6 +220,7 @@ def _torch_forward(hidden, weight, targets, inv_t, with_entropy, keep_logits=Fal
 
 
 def _torch_backward(hidden, weight, targets, lse, ent, g_logp, g_ent, inv_t, need_h, need_w, kept=None):
+    kept = kept or {}
     n = hidden.shape[0]
     v = weight.shape[0]
     grad_h = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32) if need_h else None
@@ -228,8 +231,8 @@ def _torch_backward(hidden, weight, targets, lse, ent, g_logp, g_ent, inv_t, nee
         rows = torch.arange(t1 - t0, device=h.device)
         for v0 in range(0, v, VOCAB_PER_TILE):
             v1 = min(v0 + VOCAB_PER_TILE, v)
-            if kept is not None:                                          # the forward's logits (not in place:
-                log_p = kept[t0:t1, v0:v1] - lse[t0:t1].unsqueeze(1)      # a retained graph may run it twice)
+            if (t0, v0) in kept:                                          # the forward's logits (not in place:
+                log_p = kept[t0, v0] - lse[t0:t1].unsqueeze(1)            # a retained graph may run it twice)
             else:
                 log_p = h @ weight[v0:v1].float().t()                     # (n_t, v_t)
                 if inv_t != 1.0:
@@ -259,7 +262,7 @@ class _LinearLogProb(torch.autograd.Function):
             logp, lse, ent = _triton_forward(hidden, weight, targets, inv_t, with_entropy)
             ctx.kept = None
         else:
-            keep = any(ctx.needs_input_grad[:2]) and hidden.shape[0] * weight.shape[0] * 4 <= KEEP_LOGITS_BYTES
+            keep = KEEP_LOGITS_BYTES if any(ctx.needs_input_grad[:2]) else 0
             logp, lse, ent, ctx.kept = _torch_forward(hidden, weight, targets, inv_t, with_entropy, keep)
         ctx.save_for_backward(hidden, weight, targets, lse, ent if ent is not None else lse)
         ctx.inv_t, ctx.use_triton, ctx.with_entropy = inv_t, use_triton, with_entropy
