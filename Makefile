@@ -2,6 +2,7 @@
 #   make demo        the tiny Countdown pipeline on CPU (offline): table + plots in runs/tiny_math/report
 #   make tiny-if     SFT -> reward models -> DPO on the offline instruction task (CPU)
 #   make test        unit + smoke tests (offline, CPU)       make test-slow   the long checks
+#   make test-gpu    on a CUDA box: Triton compiled for real, sampler and shared prompts on the GPU
 #   make bench       verifier throughput; batched best-of-N sampling vs one at a time; the RLOO kernels
 #   make paper-math, make paper-if   the paper's tables: Qwen2.5-0.5B on a GPU box with the hub
 PYTHON ?= python3
@@ -13,7 +14,7 @@ RUNS ?= runs
 # Everything here runs offline on CPU; TRITON_INTERPRET must be set before triton is imported.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=1
 
-.PHONY: setup demo tiny-math tiny-if paper-math paper-if test test-slow bench clean
+.PHONY: setup demo tiny-math tiny-if paper-math paper-if test test-slow test-gpu bench clean
 
 setup: $(STAMP)
 
@@ -84,6 +85,12 @@ test: setup
 
 test-slow: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q -m slow
+
+# On a CUDA box: the Triton kernels compiled for real, the sampler and the shared-prompt pass on the
+# GPU (tests/test_gpu.py), then the log-prob path's ratios at Qwen shapes.
+test-gpu: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q -m gpu
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_rloo.py --part 1 --tokens 512 4096 8192
 
 bench: setup
 	$(BIN)/python scripts/bench_verifier.py
