@@ -103,5 +103,10 @@ def test_what_it_does_not_cover_runs_transformers_loop_and_says_so(lm):
     torch.manual_seed(0)
     ours = model.generate(**inputs, generation_config=config, custom_generate=sampler).sequences
     assert torch.equal(ours, stock) and sampler.logps is None
+    # a static cache (rows cannot be copied; TRL's cache_implementation can ask for it): transformers' loop
+    config = _config(tokenizer, cache_implementation="static")
+    sampler = RecordingSampler()
+    _stock_and_ours(model, inputs, config, sampler, seed=0)
+    assert sampler.logps is None
     with pytest.raises(ValueError, match="temperature"):
         RecordingSampler(0.0)

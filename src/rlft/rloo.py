@@ -51,7 +51,7 @@ from trl.trainer.rloo_trainer import (  # the names the copied methods use, from
 from trl.trainer.utils import FusedCausalLMOutput
 
 from rlft.kernels import linear_logprobs, rloo_advantages
-from rlft.sampling import RecordingSampler
+from rlft.sampling import RecordingSampler, shareable
 
 COPIED_FROM_TRL = ("_generate_and_score_completions", "_compute_loss")
 
@@ -129,6 +129,8 @@ def _shared_prompt_hidden(model, input_ids=None, attention_mask=None, labels=Non
         return None
     out = model.base_model(input_ids=rows[:, :prefix], attention_mask=rows[:, prefix:], use_cache=True)
     cache = out.cache
+    if not shareable(cache):  # e.g. linear-attention layers: rows cannot be copied, run whole rows
+        return None
     cache.batch_select_indices(group)                 # each row gets its prompt's keys/values (gradients add up)
     tail = model.base_model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, cache=cache,
                             use_cache=False).last_hidden_state                  # (B, L-S, H)

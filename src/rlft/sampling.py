@@ -18,16 +18,26 @@ Prompts repeated in the batch (RLOO draws k samples of each) are prefilled once 
 cache rows copied, which saves (k-1)/k of the prompt pass.
 
 Anything this loop does not cover (synced GPUs under ZeRO-3/FSDP, a streamer, dict outputs,
-encoder-decoder or multimodal inputs, chunked prefill, no cache) runs transformers' own _sample
+encoder-decoder or multimodal inputs, chunked prefill, a cache other than an empty in-memory
+DynamicCache: static, offloaded, quantized) runs transformers' own _sample
 and leaves `logps` None, so the caller knows to compute them the usual way.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers.generation.utils import GenerationMixin
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+from transformers.generation.utils import GenerationMixin, _get_torch_distributed_world_size
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.integrations.fsdp import is_fsdp_managed_module
 
 _PLAIN_INPUTS = {"attention_mask", "position_ids", "cache", "use_cache", "logits_to_keep"}
+
+
+def shareable(cache) -> bool:
+    """A cache whose rows can be copied per group (batch_select_indices): plain in-memory dynamic layers."""
+    return (type(cache) is DynamicCache and not cache.offloading and bool(cache.layers)
+            and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers))
 
 
 class RecordingSampler:
@@ -42,16 +52,22 @@ class RecordingSampler:
         self.logps: torch.Tensor | None = None
 
     def covers(self, model, generation_config, synced_gpus: bool, streamer, model_kwargs: dict) -> bool:
+        cache = model_kwargs.get("cache")
         return (not synced_gpus and streamer is None
                 and not generation_config.return_dict_in_generate
                 and not model.config.is_encoder_decoder
                 and generation_config.prefill_chunk_size is None
-                and model_kwargs.get("use_cache", False) and model_kwargs.get("cache") is not None
+                and model_kwargs.get("use_cache", False) and type(cache) is DynamicCache and not cache.offloading
+                and cache.get_seq_length() == 0
                 and set(model_kwargs) <= _PLAIN_INPUTS)
 
     def __call__(self, model, input_ids, logits_processor, stopping_criteria, generation_config,
                  synced_gpus=False, streamer=None, **model_kwargs):
         self.logps = None
+        # generate drops synced_gpus / streamer before calling a custom_generate: work the former out as it
+        # would (ZeRO-3 or FSDP across ranks: every rank must keep running forwards until all are done)
+        synced_gpus = synced_gpus or ((is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model))
+                                      and _get_torch_distributed_world_size() > 1)
         if not self.covers(model, generation_config, synced_gpus, streamer, model_kwargs):
             return GenerationMixin._sample(model, input_ids, logits_processor=logits_processor,
                                            stopping_criteria=stopping_criteria, generation_config=generation_config,
@@ -101,7 +117,7 @@ class RecordingSampler:
         their keys/values and next-token logits are then copied to every row that repeats them."""
         rows = input_ids if attention_mask is None else torch.cat([input_ids, attention_mask], 1)
         unique, group = torch.unique(rows, dim=0, return_inverse=True)
-        if unique.size(0) == rows.size(0) or cache.get_seq_length() != 0:
+        if unique.size(0) == rows.size(0) or not shareable(cache):
             group = None
         else:  # one representative row per prompt
             first = torch.full((unique.size(0),), rows.size(0), device=rows.device, dtype=torch.long)
@@ -113,7 +129,7 @@ class RecordingSampler:
             extra["position_ids"] = position_ids
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
                         return_dict=True, **extra)
-        logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32)
+        logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=input_ids.device)
         if group is not None:
             cache.batch_select_indices(group)
             logits = logits[group]

@@ -256,14 +256,13 @@ def _torch_backward(hidden, weight, targets, lse, ent, g_logp, g_ent, inv_t, nee
 
 class _LinearLogProb(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, inv_t, with_entropy, use_triton):
+    def forward(ctx, hidden, weight, targets, inv_t, with_entropy, use_triton, keep_bytes):
         ctx.set_materialize_grads(False)  # entropy is often logged only: no zero gradient to walk the vocab for
         if use_triton:
             logp, lse, ent = _triton_forward(hidden, weight, targets, inv_t, with_entropy)
             ctx.kept = None
         else:
-            keep = KEEP_LOGITS_BYTES if any(ctx.needs_input_grad[:2]) else 0
-            logp, lse, ent, ctx.kept = _torch_forward(hidden, weight, targets, inv_t, with_entropy, keep)
+            logp, lse, ent, ctx.kept = _torch_forward(hidden, weight, targets, inv_t, with_entropy, keep_bytes)
         ctx.save_for_backward(hidden, weight, targets, lse, ent if ent is not None else lse)
         ctx.inv_t, ctx.use_triton, ctx.with_entropy = inv_t, use_triton, with_entropy
         return logp, ent
@@ -273,14 +272,14 @@ class _LinearLogProb(torch.autograd.Function):
         hidden, weight, targets, lse, ent = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[:2]
         if (g_logp is None and g_ent is None) or not (need_h or need_w):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         g_logp = torch.zeros_like(lse) if g_logp is None else g_logp.float().contiguous()
         g_ent = g_ent.float().contiguous() if (g_ent is not None and ctx.with_entropy) else None
         args = (hidden, weight, targets, lse, ent if ctx.with_entropy else None, g_logp, g_ent, ctx.inv_t,
                 need_h, need_w)
         grad_h, grad_w = _triton_backward(*args) if ctx.use_triton else _torch_backward(*args, kept=ctx.kept)
         return (grad_h.to(hidden.dtype) if grad_h is not None else None,
-                grad_w.to(weight.dtype) if grad_w is not None else None, None, None, None, None)
+                grad_w.to(weight.dtype) if grad_w is not None else None, None, None, None, None, None)
 
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
@@ -302,4 +301,8 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     use_triton = backend == "triton"
     if use_triton:
         hidden, weight = hidden.contiguous(), weight.contiguous()
-    return _LinearLogProb.apply(hidden, weight, targets.contiguous(), 1.0 / temperature, with_entropy, use_triton)
+    # logit tiles are kept only where a backward will come (needs_input_grad is set under no_grad too)
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    keep_bytes = KEEP_LOGITS_BYTES if grad and not use_triton else 0
+    return _LinearLogProb.apply(hidden, weight, targets.contiguous(), 1.0 / temperature, with_entropy, use_triton,
+                                keep_bytes)
