@@ -51,7 +51,7 @@ from trl.trainer.rloo_trainer import (  # the names the copied methods use, from
 from trl.trainer.utils import FusedCausalLMOutput
 
 from rlft.kernels import linear_logprobs, rloo_advantages
-from rlft.sampling import RecordingSampler, shareable
+from rlft.sampling import RecordingSampler, repeated_rows, shareable
 
 COPIED_FROM_TRL = ("_generate_and_score_completions", "_compute_loss")
 
@@ -123,11 +123,12 @@ def _shared_prompt_hidden(model, input_ids=None, attention_mask=None, labels=Non
     prefix = int(unlabelled.int().cumprod(0).sum())  # S: leading columns without a label in any row
     if prefix < 2 or prefix >= input_ids.size(1):
         return None
-    rows, group = torch.unique(torch.cat([input_ids[:, :prefix], attention_mask[:, :prefix]], 1), dim=0,
-                               return_inverse=True)
-    if rows.size(0) == input_ids.size(0):
+    repeated = repeated_rows(input_ids[:, :prefix], attention_mask[:, :prefix])
+    if repeated is None:
         return None
-    out = model.base_model(input_ids=rows[:, :prefix], attention_mask=rows[:, prefix:], use_cache=True)
+    first, group = repeated
+    out = model.base_model(input_ids=input_ids[first, :prefix], attention_mask=attention_mask[first, :prefix],
+                           use_cache=True)
     cache = out.cache
     if not shareable(cache):  # e.g. linear-attention layers: rows cannot be copied, run whole rows
         return None
@@ -344,11 +345,8 @@ class RLOOTrainer(trl.RLOOTrainer):
             # --- rlft: begin  on-policy the loss uses its own detached log-probs, and the KL the sampler's (see __init__)
             old_per_token_logps = old_logps = None
             if self._sampling_logps is not None:
-                old_per_token_logps = self._sampling_logps[:, : completion_ids.size(1)]
-                if old_per_token_logps.size(1) < completion_ids.size(1):  # pad_to_multiple_of
-                    old_per_token_logps = torch.nn.functional.pad(
-                        old_per_token_logps, (0, completion_ids.size(1) - old_per_token_logps.size(1)))
-                old_per_token_logps = old_per_token_logps.to(device)
+                width = completion_ids.size(1) - self._sampling_logps.size(1)  # < 0 crops, > 0 pads (pad_to_multiple_of)
+                old_per_token_logps = torch.nn.functional.pad(self._sampling_logps, (0, width)).to(device)
             elif not self.skip_old_logps:
                 old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
                     self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size,

@@ -40,6 +40,18 @@ def shareable(cache) -> bool:
             and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers))
 
 
+def repeated_rows(*columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rows that repeat across `columns` (2-D tensors side by side, e.g. ids and mask): one
+    representative row index per distinct row, and each row's group (an index into those), or
+    None when every row is distinct."""
+    rows = torch.cat(columns, 1)
+    unique, group = torch.unique(rows, dim=0, return_inverse=True)
+    if unique.size(0) == rows.size(0):
+        return None
+    first = torch.full((unique.size(0),), rows.size(0), device=rows.device, dtype=torch.long)
+    return first.scatter_reduce(0, group, torch.arange(rows.size(0), device=rows.device), "amin"), group
+
+
 class RecordingSampler:
     """custom_generate for `model.generate`; after each call `logps` holds the sampled tokens'
     log-probs (batch, new tokens; rows that had finished hold the pad token's, masked by callers)
@@ -115,13 +127,10 @@ class RecordingSampler:
     def _prefill(model, input_ids, attention_mask, position_ids, cache, extra) -> torch.Tensor:
         """The prompt pass. Prompts repeated in the batch (RLOO's k samples per prompt) run once each;
         their keys/values and next-token logits are then copied to every row that repeats them."""
-        rows = input_ids if attention_mask is None else torch.cat([input_ids, attention_mask], 1)
-        unique, group = torch.unique(rows, dim=0, return_inverse=True)
-        if unique.size(0) == rows.size(0) or not shareable(cache):
-            group = None
-        else:  # one representative row per prompt
-            first = torch.full((unique.size(0),), rows.size(0), device=rows.device, dtype=torch.long)
-            first = first.scatter_reduce(0, group, torch.arange(rows.size(0), device=rows.device), "amin")
+        repeated = repeated_rows(*(x for x in (input_ids, attention_mask) if x is not None))
+        group = None
+        if repeated is not None and shareable(cache):  # one representative row per prompt
+            first, group = repeated
             input_ids = input_ids[first]
             attention_mask = attention_mask[first] if attention_mask is not None else None
             position_ids = position_ids[..., first, :] if position_ids is not None else None
