@@ -94,6 +94,7 @@ test-gpu: setup
 
 bench: setup
 	$(BIN)/python scripts/bench_verifier.py
+	$(BIN)/python scripts/fuzz_verifier.py
 	$(OFFLINE) $(BIN)/python scripts/bench_bon.py
 	$(OFFLINE) $(BIN)/python scripts/bench_rloo.py
 

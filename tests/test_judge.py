@@ -47,9 +47,14 @@ def server():
       slow      length after 0.1 s, counting requests in flight
       auth      length if Authorization is "Bearer sekrit", else 401
       hang      answers after 2 s
-    Yields (root URL, state with per-mode call counts, the peak in flight and the requests seen)."""
+      limited-S each response: HTTP 429 with "Retry-After: S" twice, then length; the response
+                "boom" is answered HTTP 500 once first (S may be "none": no Retry-After header)
+      quota     always HTTP 429 with "Retry-After: 0"
+      pace      "a": HTTP 429 with "Retry-After: 0.25" once; "b": length after 0.1 s; others: length
+    Yields (root URL, state with per-mode call counts, the peak in flight and the requests seen).
+    After each test, checks that no request ever carried a system turn (every prompt here has one)."""
     state = types.SimpleNamespace(lock=threading.Lock(), calls=collections.Counter(), in_flight=0, peak=0,
-                                  seen=[])
+                                  seen=[], per_text=collections.Counter())
 
     class Endpoint(BaseHTTPRequestHandler):
         def do_POST(self):
@@ -58,17 +63,21 @@ def server():
             with state.lock:
                 state.calls[mode] += 1
                 n = state.calls[mode]
-                state.seen.append({"mode": mode, "path": rest, "body": body, "auth": self.headers.get("Authorization")})
+                text = body["messages"][-1]["content"]
+                state.per_text[mode, text] += 1
+                n_text = state.per_text[mode, text]
+                state.seen.append({"mode": mode, "path": rest, "body": body, "auth": self.headers.get("Authorization"),
+                                   "t": time.monotonic()})
                 state.in_flight += 1
                 state.peak = max(state.peak, state.in_flight)
             try:
-                status, payload = self.answer(mode, n, body["messages"][-1]["content"])
+                status, payload, *headers = self.answer(mode, n, text, n_text)
             finally:
                 with state.lock:
                     state.in_flight -= 1
-            self.reply(status, payload)
+            self.reply(status, payload, *headers)
 
-        def answer(self, mode: str, n: int, text: str) -> tuple[int, bytes]:
+        def answer(self, mode: str, n: int, text: str, n_text: int) -> tuple:
             def chat(content: str) -> bytes:
                 message = {"role": "assistant", "content": content}
                 return json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
@@ -95,12 +104,28 @@ def server():
             if mode == "hang":
                 time.sleep(2)
                 return 200, chat("reward:0")
+            if mode.startswith("limited-"):
+                after = mode.partition("-")[2]
+                if text == "boom" and n_text == 1:
+                    return 500, b'{"error": "model crashed"}'
+                if n_text <= 2 + (text == "boom"):
+                    return 429, b'{"error": "rate limit"}', {} if after == "none" else {"Retry-After": after}
+                return 200, chat(f"reward:{length_reward(text)}")
+            if mode == "pace":
+                if text == "a" and n_text == 1:
+                    return 429, b'{"error": "rate limit"}', {"Retry-After": "0.25"}
+                time.sleep(0.1 if text == "b" else 0)
+                return 200, chat(f"reward:{length_reward(text)}")
+            if mode == "quota":
+                return 429, b'{"error": "quota exhausted"}', {"Retry-After": "0"}
             return 404, b"{}"
 
-        def reply(self, status: int, payload: bytes):
+        def reply(self, status: int, payload: bytes, headers: dict | None = None):
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -116,6 +141,8 @@ def server():
     yield f"http://127.0.0.1:{httpd.server_address[1]}", state
     httpd.shutdown()
     httpd.server_close()
+    # the paper's judge is sent the user turn and the assistant turn only
+    assert all([m["role"] for m in req["body"]["messages"]] == ["user", "assistant"] for req in state.seen)
 
 
 def prompts_for(n: int) -> list[list[dict]]:
@@ -137,14 +164,31 @@ def test_scores_come_back_in_input_order(server):
     assert state.calls["length"] == len(responses)
 
 
-def test_request_is_the_prompt_plus_the_response_as_assistant_turn(server):
+def test_request_is_the_user_turn_and_the_response_only(server):
     root, state = server
-    scores(f"{root}/length/", ["an answer"])  # a trailing slash on base_url is fine
+    scores(f"{root}/length/", ["an answer"])  # a trailing slash on base_url is fine; the prompt has a system turn
     (req,) = state.seen
     assert req["path"] == "chat/completions"
-    assert req["body"] == {"model": "nemotron-test", "messages": prompts_for(1)[0] + [
-        {"role": "assistant", "content": "an answer"}]}
+    assert req["body"] == {"model": "nemotron-test", "messages": [
+        {"role": "user", "content": "question 0"}, {"role": "assistant", "content": "an answer"}]}
     assert req["auth"] is None  # no key in the environment: no Authorization header
+
+
+def test_multi_turn_prompt_sends_its_last_user_turn(server):
+    root, state = server
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "first"},
+              {"role": "assistant", "content": "earlier answer"}, {"role": "user", "content": "follow-up"}]
+    judge.endpoint_scores([prompt], ["an answer"], f"{root}/length", "m", backoff=TINY)
+    assert state.seen[0]["body"]["messages"] == [{"role": "user", "content": "follow-up"},
+                                                 {"role": "assistant", "content": "an answer"}]
+
+
+def test_prompt_without_a_user_turn_is_refused_before_sending(server):
+    root, state = server
+    with pytest.raises(UserError, match=f"judge endpoint {root}/length: sample 1 has no user turn"):
+        judge.endpoint_scores([prompts_for(1)[0], [{"role": "system", "content": "s"}]], ["a", "b"],
+                              f"{root}/length", "m", backoff=TINY)
+    assert not state.seen
 
 
 @pytest.mark.parametrize("content,expected", [
@@ -168,6 +212,52 @@ def test_busy_server_is_retried_then_scores(server, status):
     root, state = server
     assert scores(f"{root}/flaky{status}", ["abc"], max_retries=3) == [length_reward("abc")]
     assert state.calls[f"flaky{status}"] == 3  # two refusals, one success
+
+
+def test_rate_limits_wait_out_retry_after_on_their_own_budget(server):
+    """Each response is refused 429 twice (Retry-After 0.15 s) and "boom" also 500 once: with
+    max_retries=1 every score still comes back, no retry comes before its Retry-After, and the
+    500 is retried within max_retries."""
+    root, state = server
+    responses = ["abc", "boom", "a longer one", "xy", "fifth", "sixth answer"]
+    assert scores(f"{root}/limited-0.15", responses, max_retries=1, concurrency=3) == [
+        length_reward(r) for r in responses]
+    assert state.calls["limited-0.15"] == 3 * len(responses) + 1
+    for text in responses:
+        times = [req["t"] for req in state.seen if req["body"]["messages"][-1]["content"] == text]
+        refused = times[1:3] if text == "boom" else times[:2]  # the 429s; each is followed by a retry
+        for t in refused:
+            assert min(u for u in times if u > t) - t >= 0.15
+
+
+def test_retry_after_holds_every_worker_not_only_the_refused_one(server):
+    """Two workers: "a" is refused with Retry-After 0.25 s; the other worker finishes "b" at ~0.1 s
+    and must still wait out the 0.25 s before sending "c" (the limit is on the client)."""
+    root, state = server
+    assert scores(f"{root}/pace", ["a", "b", "c"], concurrency=2) == [length_reward(t) for t in "abc"]
+    sent = {}
+    for req in state.seen:
+        sent.setdefault(req["body"]["messages"][-1]["content"], req["t"])
+    assert sent["c"] - sent["a"] >= 0.25
+
+
+def test_retry_after_is_capped_and_backoff_used_without_one(server):
+    root, state = server
+    start = time.monotonic()
+    assert scores(f"{root}/limited-3600", ["abc", "de"], max_retry_after=0.01) == [length_reward("abc"),
+                                                                                 length_reward("de")]
+    assert scores(f"{root}/limited-none", ["abc"], max_retries=0) == [length_reward("abc")]
+    assert time.monotonic() - start < 5  # an hour's Retry-After waited 0.01 s
+    assert state.calls["limited-3600"] == 6 and state.calls["limited-none"] == 3
+
+
+def test_rate_limit_that_never_lifts_gives_up_naming_the_url(server):
+    root, state = server
+    with pytest.raises(UserError) as e:
+        scores(f"{root}/quota", ["abc"], rate_limit_retries=2, max_retries=5)
+    assert state.calls["quota"] == 3
+    msg = str(e.value)
+    assert f"{root}/quota" in msg and "HTTP 429" in msg and "rate_limit_retries" in msg and "\n" not in msg
 
 
 def test_server_error_gives_up_after_max_retries_naming_the_url(server):
@@ -311,3 +401,74 @@ def test_judges_refuse_unpaired_inputs_before_scoring():
         judge.rule_scores(["a"], [[{"kind": "caps"}], [{"kind": "caps"}]])
     with pytest.raises(UserError, match="reward-model judge: 1 prompts but 2 responses"):
         judge.reward_model_scores(None, None, prompts_for(1), ["a", "b"], "chat", 64)
+
+
+# --------------------------------------------------------------------------- endpoint: the score cache
+
+def cache_lines(directory) -> list[dict]:
+    return [json.loads(line) for line in (directory / "endpoint-scores.jsonl").read_text().splitlines()]
+
+
+def test_cache_makes_a_rerun_pay_only_for_new_pairs(server, tmp_path, monkeypatch):
+    root, state = server
+    monkeypatch.setenv(KEY_ENV, "sekrit")
+    first = ["one", "two!", "three", "four.."]
+    assert scores(f"{root}/length", first, cache=str(tmp_path), api_key_env=KEY_ENV) == [length_reward(r)
+                                                                                         for r in first]
+    assert state.calls["length"] == 4
+    assert scores(f"{root}/length", first, cache=str(tmp_path)) == [length_reward(r) for r in first]
+    assert state.calls["length"] == 4  # all judged before: no request at all
+    more = first[:2] + ["new one", "another new"]
+    assert scores(f"{root}/length", more, cache=str(tmp_path)) == [length_reward(r) for r in more]
+    assert state.calls["length"] == 6  # only the two new pairs
+    assert [req["body"]["messages"][-1]["content"] for req in state.seen[4:]] == ["new one", "another new"]
+    other = judge.endpoint_scores(prompts_for(4), first, f"{root}/length", "another-judge", cache=str(tmp_path),
+                                  backoff=TINY)
+    assert other == [length_reward(r) for r in first] and state.calls["length"] == 10  # another model misses
+    text = (tmp_path / "endpoint-scores.jsonl").read_text()
+    assert "sekrit" not in text and "question" not in text and "one" not in text  # hashes and scores only
+    assert len(cache_lines(tmp_path)) == 10
+
+
+def test_cache_keeps_a_failed_runs_scores_and_never_an_unparsable_one(server, tmp_path):
+    root, state = server
+    with pytest.raises(UserError, match="sample 2"):
+        scores(f"{root}/echo", ["reward:1", "reward:2", "no reward"], cache=str(tmp_path), concurrency=1)
+    assert [row["score"] for row in cache_lines(tmp_path)] == [1.0, 2.0]
+    assert scores(f"{root}/echo", ["reward:1", "reward:2"], cache=str(tmp_path)) == [1.0, 2.0]
+    assert state.calls["echo"] == 3  # the rerun sent nothing
+
+
+def test_cache_ignores_a_torn_last_line_and_non_finite_scores(server, tmp_path):
+    root, state = server
+    assert scores(f"{root}/length", ["abc", "defg"], cache=str(tmp_path)) == [length_reward("abc"),
+                                                                            length_reward("defg")]
+    path = tmp_path / "endpoint-scores.jsonl"
+    good, second = path.read_text().splitlines()
+    nan = json.dumps({**json.loads(second), "score": float("nan")})  # json writes NaN; it must not count
+    path.write_text(f"{good}\n{nan}\n" + '{"key": "' + json.loads(second)["key"][:9])  # killed mid-line
+    assert scores(f"{root}/length", ["abc", "defg"], cache=str(tmp_path)) == [length_reward("abc"),
+                                                                            length_reward("defg")]
+    assert state.calls["length"] == 3  # "defg" judged again, "abc" not
+    assert scores(f"{root}/length", ["abc", "defg"], cache=str(tmp_path)) == [length_reward("abc"),
+                                                                            length_reward("defg")]
+    assert state.calls["length"] == 3  # the line appended after the torn one reads back
+
+
+def test_endpoint_config_is_the_papers_judge_with_a_cache(server, tmp_path, monkeypatch):
+    from rlft.config import build, compose
+
+    root, state = server
+    monkeypatch.setenv("RLFT_CACHE_DIR", str(tmp_path))
+    cfg = compose(["judge=endpoint", f"judge.base_url={root}/length"])
+    assert cfg.judge.model == "nvidia/llama-3.1-nemotron-70b-reward"
+    score = build(cfg.judge.scorer)
+    assert score(prompts_for(2), ["abc", "de"], None) == [length_reward("abc"), length_reward("de")]
+    assert score(prompts_for(2), ["abc", "de"], None) == [length_reward("abc"), length_reward("de")]
+    assert [req["body"]["model"] for req in state.seen] == ["nvidia/llama-3.1-nemotron-70b-reward"] * 2
+    assert len(cache_lines(tmp_path / "judge")) == 2
+    cfg = compose(["judge=endpoint", f"judge.base_url={root}/length", "judge.model=other", "judge.cache=null"])
+    score = build(cfg.judge.scorer)
+    score(prompts_for(1), ["abc"], None)
+    score(prompts_for(1), ["abc"], None)
+    assert [req["body"]["model"] for req in state.seen[2:]] == ["other"] * 2  # no cache: asked twice

@@ -1,16 +1,18 @@
 """Judges: one float score per (prompt, response), so two models can be compared by win rate.
 
     from rlft import judge, metrics
-    url, rm = "http://host:8000/v1", "nvidia/Llama-3.1-Nemotron-70B-Reward"
-    ours = judge.endpoint_scores(prompts, our_responses, url, rm)        # prompts: lists of chat messages
-    ref = judge.endpoint_scores(prompts, reference_responses, url, rm)
+    url, rm = "https://integrate.api.nvidia.com/v1", "nvidia/llama-3.1-nemotron-70b-reward"
+    ours = judge.endpoint_scores(prompts, our_responses, url, rm, cache="~/.cache/rlft/judge")
+    ref = judge.endpoint_scores(prompts, reference_responses, url, rm, cache="~/.cache/rlft/judge")
     metrics.win_rate(ours, ref)   # the paper's win rate against Qwen2.5-0.5B-Instruct
 
 Three judges, one per kind of evidence:
   rule_scores          ifcheck's rule judge (offline pipeline; exact, no model)
   reward_model_scores  a local reward model through reward.score (the same contract as training)
   endpoint_scores      a reward model served behind an OpenAI-compatible chat-completions endpoint
-                       that answers "reward:<float>", as the paper serves Llama-3.1-Nemotron-70B-Reward
+                       that answers "reward:<float>", as the paper used Llama-3.1-Nemotron-70B-Reward:
+                       sent the user turn and the assistant turn only, 429s waited out (Retry-After),
+                       scores cached on disk by (model id, messages sent) so a rerun pays only for new pairs
 
 endpoint_scores uses the standard library only (urllib, a thread pool): a judge run is a few
 thousand small POSTs, which does not justify a client dependency. The reply is parsed with one
@@ -19,15 +21,18 @@ strict regex and never evaluated; an endpoint is untrusted input.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import math
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
 
 from rlft.errors import UserError
 
@@ -64,24 +69,34 @@ def reward_model_scores(model, tokenizer, prompts: list[list[dict]], responses: 
 
 def endpoint_scores(prompts: list[list[dict]], responses: list[str], base_url: str, model: str,
                     api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, max_retries: int = 3,
-                    concurrency: int = 8, backoff: float = 0.5) -> list[float]:
+                    concurrency: int = 8, backoff: float = 0.5, rate_limit_retries: int = 20,
+                    max_retry_after: float = 60.0, cache: str | None = None) -> list[float]:
     """Scores from a reward model behind an OpenAI-compatible endpoint, in input order.
 
-    Each sample is one POST {base_url}/chat/completions with the prompt messages plus the response
-    as the assistant turn; the reply's choices[0].message.content must be "reward:<float>".
-    Connection errors, timeouts, HTTP 429 and 5xx are retried up to `max_retries` times with
-    exponential backoff (backoff, 2*backoff, ...): a 70B judge behind a shared server drops requests
-    under load. Any other 4xx fails at once, since repeating a rejected request cannot help. At most
+    Each sample is one POST {base_url}/chat/completions with the prompt's last user turn and the
+    response as the assistant turn, nothing else (judge_messages); the reply's
+    choices[0].message.content must be "reward:<float>".
+
+    Connection errors, timeouts and 5xx are retried up to `max_retries` times with exponential
+    backoff (backoff, 2*backoff, ...): a 70B judge behind a shared server drops requests under load.
+    HTTP 429 is the server pacing us, not failing, so it has its own, larger budget
+    (`rate_limit_retries`): the wait is the reply's Retry-After (seconds) or else the exponential
+    backoff, capped at `max_retry_after`, and every worker holds off for it, not only the one told.
+    Any other 4xx fails at once, since repeating a rejected request cannot help. At most
     `concurrency` requests are in flight. The API key comes from the environment, never the config,
     so it stays out of config.yaml in the run dir.
+
+    With `cache` (a directory), scores are read from and appended to cache/endpoint-scores.jsonl,
+    keyed by (model, messages as sent), so a rerun only pays for pairs not judged before.
     """
     _same_length(prompts, responses, f"judge endpoint {base_url}")
     if not base_url.startswith(("http://", "https://")):
         # urllib would also open file:// and ftp:// URLs; a judge is only ever an HTTP service.
         raise UserError(f"judge endpoint {base_url!r} must start with http:// or https://")
-    if concurrency < 1 or max_retries < 0:
-        raise UserError(f"judge endpoint {base_url}: concurrency must be >= 1 and max_retries >= 0 "
-                        f"(got {concurrency} and {max_retries})")
+    if concurrency < 1 or max_retries < 0 or rate_limit_retries < 0 or max_retry_after < 0:
+        raise UserError(f"judge endpoint {base_url}: concurrency must be >= 1 and max_retries, rate_limit_retries "
+                        f"and max_retry_after >= 0 (got {concurrency}, {max_retries}, {rate_limit_retries} and "
+                        f"{max_retry_after})")
     if not prompts:
         return []
     url = base_url.rstrip("/") + "/chat/completions"
@@ -90,35 +105,64 @@ def endpoint_scores(prompts: list[list[dict]], responses: list[str], base_url: s
     if key:
         headers["Authorization"] = f"Bearer {key}"
 
+    messages = [judge_messages(p, r, base_url, i) for i, (p, r) in enumerate(zip(prompts, responses))]
+    keys = [_cache_key(model, m) for m in messages]
+    store = ScoreCache(cache) if cache else None
+    known = store.read() if store else {}
+    todo = {k: i for i, k in reversed(list(enumerate(keys))) if k not in known}  # key -> its first sample
+    pause = _Pause()
+
     def one(i: int) -> float:
-        messages = list(prompts[i]) + [{"role": "assistant", "content": responses[i]}]
-        body = json.dumps({"model": model, "messages": messages}).encode()
-        content = _content(_post(url, body, headers, timeout, max_retries, backoff, base_url, api_key_env, key),
-                           base_url, i)
+        body = json.dumps({"model": model, "messages": messages[i]}).encode()
+        raw = _post(url, body, headers, timeout, max_retries, rate_limit_retries, backoff, max_retry_after, pause,
+                    base_url, api_key_env, key)
+        content = _content(raw, base_url, i)
         m = REWARD.fullmatch(content.strip())
         value = float(m.group(1)) if m else math.nan
         if not math.isfinite(value):  # no match, or an overflow such as 1e999
             raise UserError(f"judge endpoint {base_url} gave no parsable reward for sample {i}: {content[:80]!r}")
+        if store:
+            store.add(keys[i], model, value)  # as each arrives: a killed run keeps what it paid for
         return value
 
-    pool = ThreadPoolExecutor(max_workers=min(concurrency, len(prompts)), thread_name_prefix="rlft-judge")
-    try:
-        futures = [pool.submit(one, i) for i in range(len(prompts))]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in futures if f in done and f.exception() is not None]
-        if failed:
-            raise failed[0].exception()  # the lowest-index failure among those finished
-        return [f.result() for f in futures]
-    finally:
-        # On failure drop the queued samples rather than spend minutes scoring a run that has already failed.
-        pool.shutdown(wait=True, cancel_futures=True)
+    if todo:
+        pool = ThreadPoolExecutor(max_workers=min(concurrency, len(todo)), thread_name_prefix="rlft-judge")
+        try:
+            futures = {k: pool.submit(one, i) for k, i in sorted(todo.items(), key=lambda item: item[1])}
+            done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures.values() if f in done and f.exception() is not None]
+            if failed:
+                raise failed[0].exception()  # the lowest-index failure among those finished
+            known |= {k: f.result() for k, f in futures.items()}
+        finally:
+            # On failure drop the queued samples rather than spend minutes scoring a run that has already failed.
+            pool.shutdown(wait=True, cancel_futures=True)
+            if store:
+                store.close()
+    return [known[k] for k in keys]
 
 
-def _post(url: str, body: bytes, headers: dict, timeout: float, max_retries: int, backoff: float, base_url: str,
-          api_key_env: str, key: str | None) -> bytes:
-    """The reply body of one POST, retrying what a busy or restarting server may fix."""
-    for attempt in range(max_retries + 1):
-        last = attempt == max_retries
+def judge_messages(prompt: list[dict], response: str, base_url: str = "", i: int = 0) -> list[dict]:
+    """What the judge is sent for one sample: [the prompt's last user turn, the response as the
+    assistant turn], as the paper sent Llama-3.1-Nemotron-70B-Reward. A system turn is dropped (the
+    paper's judge never saw one; rlft's prompts carry "You are a helpful assistant."). Of a
+    multi-turn prompt only the last user turn is kept: it is the one the response answers, and the
+    judge's protocol is one user->assistant exchange."""
+    users = [m for m in prompt if m.get("role") == "user"]
+    if not users:
+        raise UserError(f"judge endpoint {base_url}: sample {i} has no user turn to judge the response against")
+    return [{"role": "user", "content": users[-1]["content"]}, {"role": "assistant", "content": response}]
+
+
+def _post(url: str, body: bytes, headers: dict, timeout: float, max_retries: int, rate_limit_retries: int,
+          backoff: float, max_retry_after: float, pause: _Pause, base_url: str, api_key_env: str,
+          key: str | None) -> bytes:
+    """The reply body of one POST, retrying what a busy, rate-limiting or restarting server may fix.
+    Failures (connection, timeout, 5xx) and rate limits (429) are counted apart."""
+    failures = limited = 0
+    while True:
+        pause.wait()
+        retry_after = None
         try:
             with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers, method="POST"),
                                         timeout=timeout) as reply:
@@ -126,21 +170,115 @@ def _post(url: str, body: bytes, headers: dict, timeout: float, max_retries: int
         except urllib.error.HTTPError as e:  # before URLError: HTTPError is one
             with e:  # closes the connection it holds
                 detail = _snippet(e.read())
+            retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
             if e.code in (401, 403):
                 hint = f"set {api_key_env} to a valid API key" if not key else f"check the API key in {api_key_env}"
                 raise UserError(f"judge endpoint {base_url} refused the request (HTTP {e.code}): {hint}") from None
-            if e.code != 429 and e.code < 500:
+            if e.code == 429:
+                limited += 1
+                if limited > rate_limit_retries:
+                    raise UserError(f"judge endpoint {base_url} still rate-limited (HTTP 429) after {limited} "
+                                    "attempts; lower judge.scorer.concurrency or raise "
+                                    f"judge.scorer.rate_limit_retries: {detail!r}") from None
+                wait_s = retry_after if retry_after is not None else backoff * 2 ** (limited - 1)
+                pause.hold(min(wait_s, max_retry_after))  # everyone waits: the limit is on us, not on this request
+                continue
+            if e.code < 500:
                 raise UserError(f"judge endpoint {base_url} rejected the request (HTTP {e.code}): {detail!r}") from None
-            if last:
-                raise UserError(f"judge endpoint {base_url} failed with HTTP {e.code} after {max_retries + 1} "
+            failures += 1
+            if failures > max_retries:
+                raise UserError(f"judge endpoint {base_url} failed with HTTP {e.code} after {failures} "
                                 f"attempts: {detail!r}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-            if last:
+            failures += 1
+            if failures > max_retries:
                 reason = getattr(e, "reason", None) or e
                 raise UserError(f"judge endpoint {base_url} unreachable: {reason} "
-                                f"(after {max_retries + 1} attempts)") from None
-        time.sleep(backoff * 2**attempt)
-    raise AssertionError("unreachable: the last attempt returns or raises")
+                                f"(after {failures} attempts)") from None
+        time.sleep(min(retry_after if retry_after is not None else backoff * 2 ** (failures - 1), max_retry_after))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (fractions allowed), or None when absent or not a number (an HTTP-date
+    falls back to the exponential backoff)."""
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+class _Pause:
+    """A time before which no worker sends: a 429's Retry-After is about this client, so all
+    `concurrency` workers honour it, not only the one whose request was refused."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.until = 0.0  # time.monotonic()
+
+    def hold(self, seconds: float) -> None:
+        with self.lock:
+            self.until = max(self.until, time.monotonic() + seconds)
+
+    def wait(self) -> None:
+        while (delay := self.until - time.monotonic()) > 0:
+            time.sleep(delay)
+
+
+def _cache_key(model: str, messages: list[dict]) -> str:
+    # The messages hold the response as the assistant turn: the key is (model id, prompt as sent, response).
+    return hashlib.sha256(json.dumps([model, messages], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class ScoreCache:
+    """Judged scores on disk: one JSON line {"key", "model", "score"} per judged pair, appended with
+    one write(2) on an O_APPEND file, so concurrent workers (and processes) never interleave bytes.
+    A run killed mid-write leaves a torn last line: reading skips any line that does not parse to a
+    finite score, and the next append starts on a fresh line. Only hashes and scores are stored,
+    never the prompts, responses or the API key."""
+
+    def __init__(self, directory: str):
+        self.path = Path(directory).expanduser() / "endpoint-scores.jsonl"
+        self.lock = threading.Lock()
+        self.fd: int | None = None
+
+    def read(self) -> dict[str, float]:
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise UserError(f"judge cache {self.path}: {e.strerror}") from None
+        scores = {}
+        for line in lines:
+            try:
+                row = json.loads(line)
+                key, score = row["key"], row["score"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn line from a killed run
+            if isinstance(key, str) and type(score) in (int, float) and math.isfinite(score):
+                scores[key] = score
+        return scores
+
+    def add(self, key: str, model: str, score: float) -> None:
+        line = (json.dumps({"key": key, "model": model, "score": float(score)}) + "\n").encode()
+        with self.lock:
+            try:
+                if self.fd is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                    size = os.fstat(self.fd).st_size
+                    if size and os.pread(self.fd, 1, size - 1) != b"\n":
+                        line = b"\n" + line  # end the torn line, or this one would be lost with it
+                os.write(self.fd, line)
+            except OSError as e:
+                raise UserError(f"judge cache {self.path}: {e.strerror}") from None
+
+    def close(self) -> None:
+        with self.lock:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
 
 
 def _content(raw: bytes, base_url: str, i: int) -> str:
@@ -178,7 +316,10 @@ def reward_model_judge(path: str, fmt: str = "chat", max_length: int = 1024, bat
 
 
 def endpoint_judge(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                   max_retries: int = 3, concurrency: int = 8):
-    """configs/judge/endpoint.yaml: an OpenAI-compatible endpoint answering "reward:<float>"."""
-    return lambda prompts, responses, rows: endpoint_scores(prompts, responses, base_url, model, api_key_env, timeout,
-                                                            max_retries, concurrency)
+                   max_retries: int = 3, concurrency: int = 8, rate_limit_retries: int = 20,
+                   max_retry_after: float = 60.0, cache: str | None = None):
+    """configs/judge/endpoint.yaml: an OpenAI-compatible endpoint answering "reward:<float>", its
+    scores cached under `cache` (null: no cache)."""
+    return lambda prompts, responses, rows: endpoint_scores(
+        prompts, responses, base_url, model, api_key_env, timeout, max_retries, concurrency,
+        rate_limit_retries=rate_limit_retries, max_retry_after=max_retry_after, cache=cache)

@@ -120,18 +120,21 @@ def test_bon_win_rate_with_an_endpoint_judge(tmp_path, run_cli, tiny_base, count
     url, seen = judge_endpoint
     run_dir = tmp_path / "winrate"
     code, out, err = run_cli("train", "stage=bon", "model=tiny", "data=ifcheck", f"init_from={countdown_sft}",
-                             f"reference={tiny_base}", "judge=endpoint", f"judge.base_url={url}", "num_prompts=6",
+                             f"reference={tiny_base}", "judge=endpoint", f"judge.base_url={url}", "judge.cache=null", "num_prompts=6",
                              "data.evaluate.max_new_tokens=12", f"run_dir={run_dir}")
     assert code == 0, err
     results = json.loads((run_dir / "results.json").read_text())
     held = results["heldout"]
-    assert len(seen) == 12 and seen[0]["model"] == "nvidia/Llama-3.1-Nemotron-70B-Reward"
+    assert len(seen) == 12 and seen[0]["model"] == "nvidia/llama-3.1-nemotron-70b-reward"
     assert seen[0]["messages"][0]["role"] == "user" and seen[0]["messages"][-1]["role"] == "assistant"
     for sample in held["samples"]:  # the judge's scores are the endpoint's: response lengths
         assert sample["score"] == len(sample["response"]) and sample["reference_score"] == len(sample["reference"])
     vs = held["vs_reference"]
     assert vs["wins"] + vs["ties"] + vs["losses"] == 6 and results["judge"] == "endpoint"
-    assert "| heldout | vs_reference" in out or "win_rate" in out
+    rate = vs["win_rate"]  # the printed table carries the win-rate the judge's scores give
+    assert rate["value"] == (vs["wins"] + vs["ties"] / 2) / 6
+    assert (f"| heldout | vs_reference.win_rate | {rate['value']:.3f} | "
+            f"[{rate['ci95'][0]:.3f}, {rate['ci95'][1]:.3f}] | 6 |") in out
 
 
 @pytest.mark.smoke

@@ -67,9 +67,11 @@ def test_rm_trains_on_exactly_the_ids_it_is_scored_on(backbone, tmp_path):
     model = models.load_reward_model(path)
     seen = []
     model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
-    reward.score(model, tok, [pairs[0]["prompt"]], [pairs[0]["chosen"][-1]["content"]], cfg.reward_model.format,
-                 cfg.reward_model.max_length)
+    scores = reward.score(model, tok, [pairs[0]["prompt"]], [pairs[0]["chosen"][-1]["content"]],
+                          cfg.reward_model.format, cfg.reward_model.max_length)
     assert seen[0][0].tolist() == encoded[0]["chosen_ids"]
     if cfg.reward_model.format == "chat":  # decoder RM: the whole ChatML conversation, unchanged by TRL
         assert tok.decode(encoded[0]["chosen_ids"]).startswith("<|im_start|>user\n")
-    assert torch.is_tensor(seen[0])
+    with torch.no_grad():  # the score is the model's output on exactly those ids
+        expected = model(input_ids=torch.tensor([encoded[0]["chosen_ids"]])).logits[0, 0].item()
+    assert scores == [pytest.approx(expected, abs=1e-6)]

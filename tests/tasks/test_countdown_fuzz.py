@@ -19,13 +19,10 @@ fuzz = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz)
 
 N = 100_000
-# Slowest call allowed, wall clock. Measured (seed 0, one idle core): ~20 ms, the 1 MB responses
-# made of ~60,000 tag pairs, where extract_answer takes a Python-level step per pair; every other
-# input is under ~4 ms (1 MB of Unicode whitespace to strip) and almost all under 0.5 ms. 50 ms
-# leaves 2.5x headroom for a busy machine (and the worst is the fastest of three timings, so one
-# preemption does not count), yet fails on anything worse than linear in the response, or on a
-# Python-level step per character of a 1 MB response (~50-100 ms), let alone a hang.
-WORST_CALL_S = 0.050
+# A hang guard, not a timing: the verifier's worst call is a benchmark figure (`make bench` prints it
+# beside its 50 ms bound, fuzz.WORST_CALL_S; ~20 ms measured). The inputs this guards against, such as
+# `9**9**9` evaluated or a regex backtracking over 1 MB, take minutes; 5 s never fires on a slow box.
+HANG_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +48,9 @@ def test_fuzz_covers_every_family(report):
     assert min(calls.values()) >= 100
 
 
-def test_fuzz_worst_call_is_bounded(report):
+def test_fuzz_no_call_hangs(report):
     case = report.worst_case
-    assert report.worst < WORST_CALL_S, (
-        f"slowest call {report.worst * 1e3:.1f} ms (bound {WORST_CALL_S * 1e3:.0f} ms): "
-        f"{case.kind}, {len(case.response):,} chars")
+    assert report.worst < HANG_S, f"slowest call {report.worst:.1f} s: {case.kind}, {len(case.response):,} chars"
 
 
 def test_fuzz_is_seeded():
