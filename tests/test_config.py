@@ -6,8 +6,15 @@ import yaml
 from rlft import config
 from rlft.errors import UserError
 
-GROUPS = ["stage", "model", "data", "peft", "rm", "reward_model", "reward", "experiment"]
-MANDATORY = {"reward=rm": ["reward.path=/tmp/rm"], "reward=countdown_rm": ["reward.path=/tmp/rm"]}  # `???` keys
+GROUPS = ["stage", "model", "data", "peft", "rm", "reward_model", "reward", "judge", "experiment"]
+MANDATORY = {"reward=rm": ["reward.path=/tmp/rm"], "reward=countdown_rm": ["reward.path=/tmp/rm"],  # `???` keys
+             "judge=rm": ["judge.path=/tmp/rm"]}
+
+
+def test_every_config_group_is_composed_here():
+    """accelerate/ holds launcher files, not Hydra groups (tested below); every other folder is a group."""
+    folders = {d.name for d in config.config_dir().iterdir() if d.is_dir()} - {"accelerate"}
+    assert folders == set(GROUPS)
 
 
 def all_overrides():
