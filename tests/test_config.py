@@ -93,3 +93,28 @@ def test_config_dir_is_inside_the_package_and_is_the_top_level_one():
     assert config.config_dir().parent.resolve() == __import__("pathlib").Path(rlft.__file__).parent.resolve()
     assert (config.config_dir() / "train.yaml").is_file()
     yaml.safe_load((config.config_dir() / "train.yaml").read_text())
+
+
+PAPER = [name for name in config.group_options("experiment") if name.startswith("paper_")]
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_recipes_train_float32_master_weights(name):
+    """Every weight a paper recipe trains in full is float32 (bf16 comes from autocast); only models
+    that run forward alone (reference, evaluation) may be bf16, and only where the GPU has it."""
+    cfg = config.compose([f"experiment={name}"])
+    config.validate(cfg)
+    trained = config.TRAINED.get(cfg.stage.name)
+    if trained:
+        assert cfg[trained].dtype == "float32", (name, trained)
+    assert cfg.model.frozen_dtype == "float32"  # no GPU here: bf16 only where torch.cuda.is_bf16_supported()
+
+
+@pytest.mark.parametrize("overrides,key", [(["stage=sft", "model.dtype=bfloat16"], "model.dtype"),
+                                           (["stage=dpo", "model.dtype=float16"], "model.dtype"),
+                                           (["stage=rm", "reward_model.dtype=bfloat16"], "reward_model.dtype")])
+def test_half_precision_weights_under_the_optimizer_are_refused(overrides, key):
+    with pytest.raises(UserError, match=rf"^{key}=\w+: stage=\w+ would have the optimizer update"):
+        config.validate(config.compose(overrides))
+    config.validate(config.compose([*overrides, "peft=lora"]))  # an adapter is float32 whatever its base
+    config.validate(config.compose(["stage=bon", "model.dtype=bfloat16"]))  # nothing trained

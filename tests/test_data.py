@@ -7,15 +7,58 @@ from rlft import data
 from rlft.errors import UserError
 
 
-def test_first_turn_keeps_only_the_first_user_assistant_turn(tmp_path):
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
-        {"role": "system", "content": "old system"},
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "more"}, {"role": "assistant", "content": "no"}]}])
-    ds = data.first_turn_sft_dataset(str(path), system_prompt="You are a helpful assistant.")
-    assert ds[0]["messages"] == [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+DEFAULT = "You are a helpful assistant."
+REWRITE = "You're an AI assistant for text re-writing. Rewrite the input text to make it more concise."
+
+
+def smoltalk_rows() -> list[dict]:
+    """Rows in smol-smoltalk's exact schema (messages, source): trainable ones, then malformed ones."""
+    def chat(*turns, source="smol-rewrite"):
+        return {"messages": [{"role": r, "content": c} for r, c in turns], "source": source}
+
+    return [
+        chat(("system", REWRITE), ("user", "The meeting, which was long, ended late."),
+             ("assistant", "The long meeting ended late.")),
+        chat(("user", "hi"), ("assistant", "hello"), ("user", "more"), ("assistant", "no"), source="smol-magpie-ultra"),
+        chat(("user", "2+2?"), ("assistant", "4"), source="smol-constraints"),
+        chat(("assistant", "I speak first"), ("user", "ok")),                      # assistant turn first
+        chat(("user", "a question nobody answers")),                               # user turn, no answer
+        chat(("system", REWRITE), ("assistant", "no user turn")),                  # system, then no user
+        chat(("user", "  "), ("assistant", "answer to nothing")),                 # empty content
+        chat(("system", REWRITE), ("user", "text"), ("assistant", "")),            # empty answer
+        {"messages": [{"role": "user", "content": ["a", "list"]}, {"role": "assistant", "content": "x"}],
+         "source": "smol-constraints"},                                             # non-string content
+        {"messages": None, "source": "smol-summarize"},                             # missing messages
+        {"source": "smol-summarize"},
+    ]
+
+
+def test_smoltalk_keeps_a_rows_own_system_turn_and_cuts_to_the_first_exchange(tmp_path):
+    path = write_jsonl(tmp_path / "smol.jsonl", smoltalk_rows())
+    ds = data.first_turn_sft_dataset(str(path), system_prompt=DEFAULT, min_kept_fraction=0.2)
+    assert [row["messages"] for row in ds] == [
+        [{"role": "system", "content": REWRITE},  # the rewrite instruction, verbatim, not the default
+         {"role": "user", "content": "The meeting, which was long, ended late."},
+         {"role": "assistant", "content": "The long meeting ended late."}],
+        [{"role": "system", "content": DEFAULT},  # multi-turn: the first exchange only
+         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        [{"role": "system", "content": DEFAULT},
+         {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]]
+    assert ds.dropped == {"no user->assistant start": 3, "empty turn": 2, "non-text content": 1, "no messages": 2}
+    assert data.dropped_rows(ds) == ("8 of 11 (3 no user->assistant start, 2 empty turn, 2 no messages, "
+                                     "1 non-text content)")
+    assert data.dropped_rows(data.query_completion_sft_dataset(
+        str(write_jsonl(tmp_path / "w.jsonl", [{"query": "q", "completion": "c"}])))) == "0"
+
+
+def test_smoltalk_stops_only_when_too_few_rows_survive(tmp_path):
+    path = write_jsonl(tmp_path / "smol.jsonl", smoltalk_rows())  # 3 of 11 trainable
+    with pytest.raises(UserError) as e:
+        data.first_turn_sft_dataset(str(path))  # min_kept_fraction 0.5, as in configs/data/smoltalk.yaml
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(f"{path}: only 3 of 11 rows can be trained on")
+    assert "3 no user->assistant start" in line
+    assert len(data.first_turn_sft_dataset(str(path), min_kept_fraction=0.25)) == 3
 
 
 def test_query_completion_rows_become_one_turn(tmp_path):
@@ -35,8 +78,8 @@ def test_bad_rows_are_named_by_file_and_row(tmp_path):
     path = write_jsonl(tmp_path / "warm.jsonl", [{"query": "q", "completion": "c"}, {"query": "q"}])
     with pytest.raises(UserError, match=r"warm.jsonl: row 1: missing required field 'completion'"):
         data.query_completion_sft_dataset(path)
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "assistant", "content": "x"}]}])
-    with pytest.raises(UserError, match=r"chat.jsonl: row 0: 'messages' must start with a user turn"):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"conversation": []}, {"conversation": []}])  # another schema
+    with pytest.raises(UserError, match=r"chat.jsonl: row 0: missing required field 'messages'"):
         data.first_turn_sft_dataset(path)
 
 

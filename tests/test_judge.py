@@ -247,7 +247,7 @@ def test_retry_after_is_capped_and_backoff_used_without_one(server):
     assert scores(f"{root}/limited-3600", ["abc", "de"], max_retry_after=0.01) == [length_reward("abc"),
                                                                                  length_reward("de")]
     assert scores(f"{root}/limited-none", ["abc"], max_retries=0) == [length_reward("abc")]
-    assert time.monotonic() - start < 5  # an hour's Retry-After waited 0.01 s
+    assert time.monotonic() - start < 300  # a hang guard: an hour's Retry-After would take 3,600 s per retry
     assert state.calls["limited-3600"] == 6 and state.calls["limited-none"] == 3
 
 
@@ -284,7 +284,7 @@ def test_closed_port_is_unreachable_fast():
     start = time.monotonic()
     with pytest.raises(UserError, match=f"^judge endpoint {base} unreachable: "):
         scores(base, ["abc", "def"], max_retries=2)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 30  # refused at once, not 3 x the 60 s timeout (a hang guard, not a timing)
 
 
 def test_timeout_is_retried_then_unreachable(server):
@@ -421,7 +421,7 @@ def test_cache_makes_a_rerun_pay_only_for_new_pairs(server, tmp_path, monkeypatc
     more = first[:2] + ["new one", "another new"]
     assert scores(f"{root}/length", more, cache=str(tmp_path)) == [length_reward(r) for r in more]
     assert state.calls["length"] == 6  # only the two new pairs
-    assert [req["body"]["messages"][-1]["content"] for req in state.seen[4:]] == ["new one", "another new"]
+    assert sorted(req["body"]["messages"][-1]["content"] for req in state.seen[4:]) == ["another new", "new one"]
     other = judge.endpoint_scores(prompts_for(4), first, f"{root}/length", "another-judge", cache=str(tmp_path),
                                   backoff=TINY)
     assert other == [length_reward(r) for r in first] and state.calls["length"] == 10  # another model misses

@@ -7,6 +7,7 @@ Each public function here is a `_target_` of a configs/data/ preset and returns 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from rlft.errors import UserError
@@ -90,38 +91,92 @@ def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
 
 
 def first_turn_sft_dataset(path: str, split: str = "train", system_prompt: str | None = None,
-                           max_rows: int | None = None):
-    """SmolTalk-style chats ({"messages": [...]}) cut to the first user -> assistant turn."""
+                           max_rows: int | None = None, min_kept_fraction: float = 0.5):
+    """SmolTalk-style chats ({"messages": [...]}) cut to [system, first user, first assistant].
+
+    A row's own system turn is kept verbatim (smol-smoltalk's rewrite/summarise rows carry their
+    instruction there); `system_prompt` goes only to rows without one. Rows that cannot be trained
+    on are dropped and counted by reason in the dataset's `dropped` (the SFT model card reports
+    it); fewer than `min_kept_fraction` of the rows surviving stops the run (wrong schema, most
+    likely).
+    """
     import datasets
 
     rows, where = load_rows(path, split, max_rows)
-    out = []
-    for i, row in enumerate(rows):
-        _require(row, ("messages",), where, i)
-        msgs = [m for m in row["messages"] if isinstance(m, dict) and m.get("role") != "system"]
-        if len(msgs) < 2 or msgs[0].get("role") != "user" or msgs[1].get("role") != "assistant":
-            raise UserError(f"{where}: row {i}: 'messages' must start with a user turn then an assistant turn")
-        turn = [{"role": m["role"], "content": str(m.get("content", ""))} for m in msgs[:2]]
-        out.append({"messages": _with_system(turn, system_prompt)})
-    return datasets.Dataset.from_list(out)
+    if not any("messages" in row for row in rows):  # a file of some other schema: say so, not "all dropped"
+        raise UserError(f"{where}: row 0: missing required field 'messages'")
+    out, dropped = [], Counter()
+    for row in rows:
+        turns, reason = _first_exchange(row.get("messages"))
+        if reason:
+            dropped[reason] += 1
+        else:
+            out.append({"messages": turns if turns[0]["role"] == "system" else _with_system(turns, system_prompt)})
+    if not out or len(out) < min_kept_fraction * len(rows):
+        raise UserError(f"{where}: only {len(out)} of {len(rows)} rows can be trained on "
+                        f"(min_kept_fraction={min_kept_fraction}); dropped: {_reasons(dropped)}")
+    ds = datasets.Dataset.from_list(out)
+    ds.dropped = dict(dropped)  # reason -> rows; read by dropped_rows() for the model card
+    return ds
+
+
+def _first_exchange(messages) -> tuple[list[dict] | None, str | None]:
+    """([optional system, user, assistant], None) from a chat's leading turns, or (None, why not)."""
+    if not isinstance(messages, list) or not messages:
+        return None, "no messages"
+    head = messages[:3] if isinstance(messages[0], dict) and messages[0].get("role") == "system" else messages[:2]
+    roles = [m.get("role") if isinstance(m, dict) else None for m in head]
+    if roles[-2:] != ["user", "assistant"]:
+        return None, "no user->assistant start"
+    if not all(isinstance(m.get("content"), str) for m in head):
+        return None, "non-text content"
+    if not all(m["content"].strip() for m in head):
+        return None, "empty turn"
+    return [{"role": m["role"], "content": m["content"]} for m in head], None
+
+
+def _reasons(dropped: Counter) -> str:
+    return ", ".join(f"{n} {why}" for why, n in dropped.most_common()) or "none"
+
+
+def dropped_rows(dataset) -> str:
+    """The model card's line for rows a loader dropped: "2 of 10 (1 empty turn, 1 no messages)";
+    "0" for loaders that drop none."""
+    dropped = getattr(dataset, "dropped", None) or {}
+    total = sum(dropped.values())
+    return f"{total} of {len(dataset) + total} ({_reasons(Counter(dropped))})" if total else "0"
 
 
 def query_completion_sft_dataset(path: str, split: str = "train", system_prompt: str | None = None,
                                  max_rows: int | None = None, prompt_field: str = "query",
-                                 completion_field: str = "completion"):
-    """Rows {query, completion} (the Countdown warm-start set) as one user -> assistant turn."""
+                                 completion_field: str = "completion", heldout: list[dict] | None = None):
+    """Rows {query, completion} (the Countdown warm-start set) as one user -> assistant turn.
+
+    A row whose query states a `heldout` Countdown problem (in TinyZero's wording, read by
+    countdown.parse_problem) is dropped and counted, so held-out evaluation stays unseen."""
     import datasets
 
+    from rlft.tasks import countdown
+
     rows, where = load_rows(path, split, max_rows)
-    out = []
+    exclude = {countdown.problem_key(p) for p in heldout or []}
+    out, held = [], 0
     for i, row in enumerate(rows):
         _require(row, (prompt_field, completion_field), where, i)
+        stated = countdown.parse_problem(str(row[prompt_field])) if exclude else None
+        if stated is not None and countdown.problem_key(stated) in exclude:
+            held += 1
+            continue
         turn = [
             {"role": "user", "content": str(row[prompt_field])},
             {"role": "assistant", "content": str(row[completion_field])},
         ]
         out.append({"messages": _with_system(turn, system_prompt)})
-    return datasets.Dataset.from_list(out)
+    if not out:
+        raise UserError(f"{where}: all {len(rows)} rows pose held-out problems; nothing left to train on")
+    ds = datasets.Dataset.from_list(out)
+    ds.dropped = {"held-out problem": held} if held else {}  # read by dropped_rows() for the model card
+    return ds
 
 
 def countdown_sft_dataset(n: int, seed: int, template: str, think: bool, system_prompt: str | None,
@@ -153,6 +208,39 @@ def countdown_prompt_dataset(n: int, seed: int, template: str, system_prompt: st
     return datasets.Dataset.from_list([
         {"prompt": _with_system([{"role": "user", "content": countdown.make_prompt(r["nums"], r["target"], template)}],
                                 system_prompt), "nums": r["nums"], "target": r["target"]} for r in rows])
+
+
+def countdown_hub_problems(path: str, split: str = "train", n: int = 200, seed: int = 0) -> list[dict]:
+    """`n` Countdown problems [{"nums", "target"}] drawn by `seed` from rows in
+    Jiayi-Pan/Countdown-Tasks-3to4's schema (target: int, nums: list of int), by hub id or local
+    .jsonl/.json/.parquet: the authors' evaluation source, as held-out problems.
+
+    Row indices are drawn without replacement from one seeded stream, so the draw is the same on
+    every machine and the first k of a draw of n are the draw of k (num_prompts=50 evaluates a
+    subset of the 200). Every row is schema-checked, so a bad file fails whatever the seed.
+    """
+    import random
+
+    rows, where = load_rows(path, split)
+    problems = [_countdown_problem(row, where, i) for i, row in enumerate(rows)]
+    if not 1 <= n <= len(problems):
+        raise UserError(f"{where}: cannot draw n={n} held-out problems from {len(problems)} rows")
+    rng = random.Random(seed)
+    picked: dict[int, None] = {}  # insertion-ordered set of row indices
+    while len(picked) < n:
+        picked.setdefault(rng.randrange(len(problems)))
+    return [problems[i] for i in picked]
+
+
+def _countdown_problem(row: dict, where: str, i: int) -> dict:
+    """One {"nums", "target"} row, checked: integers only (bool is not a number here)."""
+    _require(row, ("nums", "target"), where, i)
+    nums, target = row["nums"], row["target"]
+    if not isinstance(nums, list) or not nums or not all(type(x) is int for x in nums):
+        raise UserError(f"{where}: row {i}: 'nums' must be a non-empty list of integers, got {nums!r:.60}")
+    if type(target) is not int:
+        raise UserError(f"{where}: row {i}: 'target' must be an integer, got {target!r:.60}")
+    return {"nums": list(nums), "target": target}
 
 
 def ifcheck_prompt_dataset(n: int, seed: int, system_prompt: str | None = None, heldout: list[dict] | None = None):

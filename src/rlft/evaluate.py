@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rlft.metrics import mean_interval, wilson_interval
+from rlft.tasks.countdown import Scorer
 
 
 def chat_messages(user_texts: list[str], system_prompt: str | None = None) -> list[list[dict]]:
@@ -78,17 +79,20 @@ def _countdown_prompts(tokenizer, problems: list[dict], template: str, system_pr
 
 
 def countdown_heldout(model, tokenizer, problems: list[dict], template: str, system_prompt: str | None,
-                      max_new_tokens: int = 64, batch_size: int = 64) -> dict:
-    """Greedy answers on held-out Countdown problems, scored by the TinyZero verifier.
+                      max_new_tokens: int = 64, batch_size: int = 64, scorer: Scorer = "rlft") -> dict:
+    """Greedy answers on held-out Countdown problems, scored by the TinyZero verifier under the
+    `scorer` rule (countdown.SCORERS: "rlft" the last answer anywhere, "tinyzero" the authors'
+    last-line rule), which the result names.
 
     Reports exact-match accuracy (Wilson 95% CI) and the mean TinyZero score (0/0.1/1, normal
     95% CI) both, since the paper's "accuracy" is the mean score with 0.1 format credit in it.
     """
     from rlft.tasks import countdown
 
+    countdown.check_rule(scorer)  # before any generation
     responses = generate(model, tokenizer, _countdown_prompts(tokenizer, problems, template, system_prompt),
                          max_new_tokens, batch_size, desc="countdown held-out")
-    scores = [countdown.score(r, p["nums"], p["target"]) for r, p in zip(responses, problems)]
+    scores = [countdown.score(r, p["nums"], p["target"], scorer) for r, p in zip(responses, problems)]
     n = len(scores)
     correct = sum(s == countdown.CORRECT for s in scores)
     answered = sum(s > 0 for s in scores)
@@ -97,6 +101,8 @@ def countdown_heldout(model, tokenizer, problems: list[dict], template: str, sys
         "mean_score": {"value": sum(scores) / n, "ci95": list(mean_interval(scores)), "n": n},
         "answer_rate": {"value": answered / n, "ci95": list(wilson_interval(answered, n)), "n": n},
         "decoding": "greedy",
+        "scorer": scorer,
+        "max_new_tokens": max_new_tokens,
         "samples": [{"nums": p["nums"], "target": p["target"], "response": r, "score": s}
                     for p, r, s in list(zip(problems, responses, scores))[:20]],
     }
@@ -105,7 +111,7 @@ def countdown_heldout(model, tokenizer, problems: list[dict], template: str, sys
 def countdown_best_of_n(model, tokenizer, problems: list[dict], template: str, system_prompt: str | None,
                         n: int, temperature: float = 1.0, sweep: list[int] | None = None,
                         max_new_tokens: int = 64, batch_size: int = 64, selector=None,
-                        selector_name: str = "countdown verifier") -> dict:
+                        selector_name: str = "countdown verifier", scorer: Scorer = "rlft") -> dict:
     """N sampled answers per held-out problem; the verifier picks the best of any n of them.
 
     The verifier needs only the numbers and target the prompt already holds, so the selection is
@@ -114,15 +120,17 @@ def countdown_best_of_n(model, tokenizer, problems: list[dict], template: str, s
     over subsets (pass@k for exact match, the expected maximum for the TinyZero score), averaged
     over prompts with a normal 95% interval. With a `selector(prompts, responses, rows) -> keys`
     (a reward model), each subset's pick is its highest-key sample instead, scored by the verifier.
+    `scorer` is the verifier's rule (countdown.SCORERS), for picking and scoring both.
     """
     from rlft.metrics import expected_max_at_k, expected_pick_at_k, pass_at_k
     from rlft.tasks import countdown
 
+    countdown.check_rule(scorer)  # before any sampling
     prompts = _countdown_prompts(tokenizer, problems, template, system_prompt)
     responses = generate(model, tokenizer, prompts, max_new_tokens, max(1, batch_size // n), do_sample=True,
                          temperature=temperature, num_return_sequences=n, desc=f"countdown best-of-{n}")
     per_prompt = [
-        [countdown.score(r, p["nums"], p["target"]) for r in responses[i * n : (i + 1) * n]]
+        [countdown.score(r, p["nums"], p["target"], scorer) for r in responses[i * n : (i + 1) * n]]
         for i, p in enumerate(problems)
     ]
     keys = None
@@ -145,7 +153,7 @@ def countdown_best_of_n(model, tokenizer, problems: list[dict], template: str, s
         out[f"{name}_accuracy"] = {"value": sum(exact) / len(exact), "ci95": list(mean_interval(exact)), "n": len(exact)}
         out[f"{name}_mean_score"] = {"value": sum(mean) / len(mean), "ci95": list(mean_interval(mean)), "n": len(mean)}
     out.update({"samples_per_prompt": n, "temperature": temperature, "num_prompts": len(problems),
-                "selector": selector_name})
+                "selector": selector_name, "scorer": scorer, "max_new_tokens": max_new_tokens})
     return out
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import math
 
+from rlft.tasks.countdown import Scorer
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,12 +30,15 @@ def _text(completion) -> str:
     return str(completion)
 
 
-def countdown_reward():
-    """TinyZero's Countdown score of each completion (rlft.tasks.countdown.score; never evals)."""
+def countdown_reward(scorer: Scorer = "rlft"):
+    """TinyZero's Countdown score of each completion (rlft.tasks.countdown.score; never evals),
+    under the `scorer` rule (countdown.SCORERS; the reward preset passes data.scorer)."""
     from rlft.tasks import countdown
 
+    countdown.check_rule(scorer)  # when the reward is built, not on the first batch
+
     def countdown_score(prompts, completions, nums, target, **kwargs):
-        return [countdown.score(_text(c), n, t) for c, n, t in zip(completions, nums, target, strict=True)]
+        return [countdown.score(_text(c), n, t, scorer) for c, n, t in zip(completions, nums, target, strict=True)]
 
     return countdown_score
 

@@ -80,12 +80,15 @@ def test_sft_on_local_smoltalk_and_warmstart_files(tmp_path, run_cli):
     with chats.open("a") as f:  # one chat longer than max_length: truncated by TRL, counted by rlft
         f.write(json.dumps({"messages": [{"role": "user", "content": "long " * 300},
                                          {"role": "assistant", "content": "ok"}]}) + "\n")
+        f.write(json.dumps({"messages": [{"role": "user", "content": "unanswered"}]}) + "\n")  # dropped, counted
     code, _, err = run_cli("train", "data=smoltalk", f"data.sft_dataset.path={chats}", f"run_dir={tmp_path / 'smol'}",
                            "max_steps=2", "stage.trainer.per_device_train_batch_size=4", "stage.trainer.max_length=128",
                            *FAST[:3])
     assert code == 0, err
     assert not (tmp_path / "smol" / "results.json").exists()  # no verifier for chat data
-    assert "rows_over_max_length: 1 (truncated by TRL" in (tmp_path / "smol" / "model" / "README.md").read_text()
+    card = (tmp_path / "smol" / "model" / "README.md").read_text()
+    assert "rows_over_max_length: 1 (truncated by TRL" in card
+    assert "(17 training rows)" in card and "rows_dropped: 1 of 18 (1 no user->assistant start)" in card
 
     warm = write_jsonl(tmp_path / "warm.jsonl", [{"query": f"Using the numbers [{i}, 1], make {i + 1}.",
                                                   "completion": f"<answer>{i}+1</answer>"} for i in range(16)])

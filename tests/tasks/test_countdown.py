@@ -189,11 +189,73 @@ def test_arbitrary_text_never_raises_and_stays_fast():
         start = time.perf_counter()
         assert score(text, nums, rng.randint(-5, 100)) in (0.0, 0.1, 1.0)
         worst = max(worst, time.perf_counter() - start)
-    assert worst < 0.05  # bounded by design: no call may take more than a sliver of a second
+    assert worst < 5.0  # a hang guard (bounded by design; the per-call figure is `make bench`'s, fuzz_verifier.py)
 
 
 def test_huge_response_is_linear_time():
     start = time.perf_counter()
     assert score("<answer>" * 200_000 + "12+7-3</answer>", N, 16) == 0.1  # last open tag pairs late
     assert score("</answer><answer>" * 100_000, N, 16) == 0.1
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 60  # a hang guard: ~0.1 s linear, hours if quadratic in 3 MB
+
+
+# --------------------------------------------------------------------------- the scoring rule
+
+# (response, rlft score, tinyzero score, what the case checks). TinyZero reads only the text after
+# the last "\n" (its `split('\n')[-1]`), unstripped; rlft reads the last answer anywhere.
+RULE_CASES = [
+    ("<think>12+7=19</think>\n<answer>12+7-3</answer>", 1.0, 1.0, "answer on the last line"),
+    ("<answer>12+7-3</answer>\nHope that helps.", 1.0, 0.0, "answer not on the last line"),
+    ("<answer>12+7-3</answer>\n", 1.0, 0.0, "trailing newline: the last line is empty"),
+    ("<answer>12+7-3</answer>\n   ", 1.0, 0.0, "trailing newline then spaces"),
+    ("<answer>12+7-3</answer>\r\n", 1.0, 0.0, "CRLF ending: still an empty last line"),
+    ("<answer>12+7-3</answer>\r", 1.0, 1.0, "a lone CR does not split (TinyZero splits on \\n only)"),
+    ("<answer>12+7-3</answer>\u2028", 1.0, 1.0, "nor does a Unicode line separator"),
+    ("<answer>12+7-3</answer>   ", 1.0, 1.0, "trailing spaces, no newline"),
+    ("<answer>\n12+7-3\n</answer>", 1.0, 0.0, "answer spanning lines"),
+    ("<answer>12+7+3</answer>\n<answer>12+7-3</answer>", 1.0, 1.0, "right answer on the last line"),
+    ("<answer>12+7-3</answer>\n<answer>12+7+3</answer>", 0.1, 0.1, "wrong answer on the last line"),
+    ("x\n<answer>12+7+3</answer> then <answer>12+7-3</answer>", 1.0, 1.0, "several on the last line: the last"),
+    ("x\n<answer>12+7-3</answer> then <answer>12+7+3</answer>", 0.1, 0.1, "several on the last line, last wrong"),
+    ("<answer>12+7-3</answer>\n<answer>12+7-3", 1.0, 0.0, "unclosed answer on the last line"),
+    ("<answer>12+7+3</answer>\ndone", 0.1, 0.0, "format credit only from the last line"),
+]
+
+
+@pytest.mark.parametrize("response,rlft,tinyzero,why", RULE_CASES, ids=[c[3] for c in RULE_CASES])
+def test_scoring_rules(response, rlft, tinyzero, why):
+    assert score(response, N, 16) == rlft  # the default rule is rlft's, unchanged
+    assert score(response, N, 16, rule="rlft") == rlft
+    assert score(response, N, 16, rule="tinyzero") == tinyzero
+    assert countdown.is_correct(response, N, 16, rule="tinyzero") == (tinyzero == 1.0)
+    assert (extract_answer(response, "tinyzero") is None) == (tinyzero == 0.0)
+
+
+def test_tinyzero_rule_equals_rlft_rule_when_the_answer_is_on_the_last_line():
+    # every one-line case of the semantics table, alone and after lines of other text
+    one_line = [c for c in CASES if isinstance(c[0], str) and "\n" not in c[0]]
+    assert len(one_line) >= 50
+    for response, nums, target, expected, why in one_line:
+        for text in (response, "<think>a\nb <answer>1</answer>\n</think>\n" + response):
+            assert score(text, nums, target, rule="tinyzero") == expected, why
+
+
+def test_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="'last_line'"):
+        score("<answer>12+7-3</answer>", N, 16, rule="last_line")
+    assert countdown.SCORERS == ("rlft", "tinyzero")
+
+
+def test_tinyzero_rule_is_linear_time():
+    start = time.perf_counter()
+    assert score("<answer>12+7-3</answer>\n" * 200_000 + "<answer>" * 100_000, N, 16, rule="tinyzero") == 0.0
+    assert score("\n" * 1_000_000 + "<answer>12+7-3</answer>", N, 16, rule="tinyzero") == 1.0
+    assert time.perf_counter() - start < 60  # a hang guard: ~0.1 s linear, hours if quadratic in 1 MB
+
+
+def test_parse_problem_reads_the_tinyzero_prompt():
+    for p in countdown.generate_problems(50, seed=5):
+        assert countdown.parse_problem(countdown.make_prompt(p["nums"], p["target"])) == p
+    assert countdown.parse_problem("Using the numbers [3, 1], make 4.") is None
+    assert countdown.parse_problem(countdown.make_prompt([1, 2], 3, "compact")) is None
+    assert countdown.parse_problem(None) is None

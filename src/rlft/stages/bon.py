@@ -8,7 +8,8 @@ Countdown (data.task=countdown): N samples per held-out problem, one picked by t
 (select=verifier) or by the `reward` group (select=reward, e.g. reward=rm reward.path=DIR). Writes
 run_dir/results.json: greedy accuracy, pass@1 and best-of-n for every n in `sweep` up to N
 (unbiased, from the same N samples), exact match and mean TinyZero score, each with a 95%
-interval, plus seed, N, temperature and prompt count.
+interval, plus seed, N, temperature, prompt count and the scoring rule (data.scorer: rlft's last
+answer anywhere, or tinyzero's last line only).
 
 Instruction following (any other data): greedy responses of the model and of `reference` to the
 held-out prompts, scored by the `judge` group (rule | rm | endpoint); results.json holds the
@@ -40,9 +41,9 @@ def main(cfg) -> tuple[dict, dict]:
     if cfg.generation_backend not in ("transformers", "vllm"):
         raise UserError(f"generation_backend={cfg.generation_backend!r}: choose transformers or vllm")
     if cfg.generation_backend == "vllm":  # GPU boxes: the same results, sampled by vLLM
-        model = models.VLLMPolicy(path, cfg.model.dtype, models.stop_token_ids(tokenizer), cfg.seed)
+        model = models.VLLMPolicy(path, cfg.model.frozen_dtype, models.stop_token_ids(tokenizer), cfg.seed)
     else:
-        model = models.load_causal_lm(path, cfg.model.dtype)
+        model = models.load_causal_lm(path, cfg.model.frozen_dtype)
     card = {"base_model": path, "generation_backend": cfg.generation_backend}
 
     # the best-of-N pick: the task's verifier, or the `reward` group (select=reward: e.g. a reward model)
@@ -59,7 +60,8 @@ def main(cfg) -> tuple[dict, dict]:
                                                n=cfg.n, temperature=cfg.temperature, sweep=cfg.stage.sweep,
                                                max_new_tokens=cfg.data.evaluate.max_new_tokens,
                                                batch_size=cfg.data.evaluate.batch_size, selector=selector,
-                                               selector_name=selector_name)
+                                               selector_name=selector_name,
+                                               scorer=cfg.data.evaluate.get("scorer", "rlft"))  # as greedy's
         return {"greedy": greedy, "sampled": sampled, "seed": cfg.seed, "model": path}, card
 
     # 3b. instruction following: the model against a reference model, scored by the judge
@@ -67,7 +69,7 @@ def main(cfg) -> tuple[dict, dict]:
         raise UserError(f"stage=bon on data={cfg.data.name} compares against a reference model: set reference=MODEL_DIR "
                         "(the paper's is Qwen/Qwen2.5-0.5B-Instruct)")
     judge = build(cfg.judge.scorer)
-    reference = models.load_causal_lm(str(cfg.reference), cfg.model.dtype)
+    reference = models.load_causal_lm(str(cfg.reference), cfg.model.frozen_dtype)
     evaluation = cfg.data.get("evaluate") or {}
     result = evaluate.instruction_win_rate(
         model, tokenizer, reference, models.load_tokenizer(str(cfg.reference), cfg.model.chat_template), heldout, judge,

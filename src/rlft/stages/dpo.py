@@ -33,7 +33,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
     model = models.load_causal_lm(path, cfg.model.dtype, cfg.peft.quantization)
     peft_config = build(cfg.peft.config) if cfg.peft.get("config") else None
-    ref_model = None if peft_config is not None else models.load_causal_lm(path, cfg.model.dtype)
+    ref_model = None if peft_config is not None else models.load_causal_lm(path, cfg.model.frozen_dtype)
 
     # 3. trainer: every TRL knob comes from stage.trainer (trl.DPOConfig); pairs over max_length
     # are truncated by TRL (truncation_mode) and counted here, never silently
@@ -61,7 +61,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     if policy is not None and heldout:
         evaluate = build(cfg.data.evaluate)
         ours = evaluate(policy, tokenizer, heldout)
-        ref = evaluate(ref_model if ref_model is not None else models.load_causal_lm(path, cfg.model.dtype),
+        ref = evaluate(ref_model if ref_model is not None else models.load_causal_lm(path, cfg.model.frozen_dtype),
                        tokenizer, heldout)
         results = {"heldout": ours, "reference": ref, "vs_reference": win_rate(ours["scores"], ref["scores"])}
     card = {

@@ -44,6 +44,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     # knob from stage.trainer (trl.RLOOConfig); generation stops at the end of the assistant turn
     args = build(cfg.stage.trainer, reward_weights=weights)
     args.generation_kwargs = {**(args.generation_kwargs or {}), "eos_token_id": models.stop_token_ids(tokenizer)}
+    args.model_init_kwargs = {"dtype": cfg.model.frozen_dtype, **(args.model_init_kwargs or {})}  # TRL's reference
     per_generation = args.generation_batch_size // args.num_generations  # prompts sampled at once, all ranks
     if len(train_dataset) < per_generation:
         raise UserError(f"data.prompt_dataset: {len(train_dataset)} prompts, fewer than one generation batch "
@@ -73,7 +74,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         evaluate = build(cfg.data.evaluate)
         results = {"heldout": evaluate(policy, tokenizer, heldout)}
         if "scores" in results["heldout"]:
-            ref = evaluate(models.load_causal_lm(path, cfg.model.dtype), tokenizer, heldout)
+            ref = evaluate(models.load_causal_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
             results |= {"reference": ref, "vs_reference": win_rate(results["heldout"]["scores"], ref["scores"])}
     card = {
         "base_model": path,

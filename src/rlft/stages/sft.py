@@ -19,7 +19,7 @@ def main(cfg) -> tuple[dict | None, dict]:
 
     from rlft import models
     from rlft.config import build
-    from rlft.data import count_over_length
+    from rlft.data import count_over_length, dropped_rows
     from rlft.metrics import metrics_logger
 
     # 1. seed and data first, so a bad data file fails before any model loads
@@ -60,6 +60,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     card = {
         "base_model": path,
         "train_rows": len(train_dataset),
+        "rows_dropped": dropped_rows(train_dataset),  # rows the loader could not train on, by reason
         "steps": trainer.state.global_step,
         "learning_rate": args.learning_rate,
         "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",

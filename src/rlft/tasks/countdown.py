@@ -4,12 +4,19 @@
     rows = countdown.generate_problems(200, seed=1)              # [{"nums": [..], "target": t}]
     countdown.solve([3, 7, 12], 16)                              # "12+7-3" (exact, exhaustive)
     countdown.score("<answer>12+7-3</answer>", [3, 7, 12], 16)   # 1.0
+    countdown.score("<answer>12+7-3</answer>\\n", [3, 7, 12], 16, rule="tinyzero")   # 0.0: last line empty
 
 Scoring follows TinyZero's `countdown.compute_score` (the paper's verifier):
   0.0  no <answer>...</answer> in the response
   0.1  the last answer is malformed, does not use exactly the given numbers (as a multiset),
        divides by zero, or evaluates to something else
   1.0  it evaluates to the target (|value - target| < 1e-5)
+Which answer counts is the `rule` (SCORERS; configs: data.scorer):
+  "rlft"      the last <answer>...</answer> anywhere in the response (the default; it may span lines)
+  "tinyzero"  the authors' rule: the last answer on the response's LAST LINE only, i.e. in
+              `response.split("\\n")[-1]`, unstripped as TinyZero has it, so a response that ends
+              in a newline has an empty last line and scores 0.0. rlft scores the completion alone,
+              which is what TinyZero's split after "Assistant:" leaves of prompt + completion.
 Model output is hostile input, so unlike TinyZero this never runs it as Python: a small parser over
 exact rationals accepts ASCII integers, + - * /, unary +/-, parentheses and whitespace, with the
 answer length and nesting depth bounded. Deliberate differences from Python's eval, each scoring
@@ -23,8 +30,11 @@ import re
 from fractions import Fraction
 from itertools import combinations
 from math import gcd
+from typing import Literal, get_args
 
 NO_ANSWER, FORMAT_SCORE, CORRECT = 0.0, 0.1, 1.0
+Scorer = Literal["rlft", "tinyzero"]  # which answer counts: the last anywhere, or the last on the last line
+SCORERS: tuple[str, ...] = get_args(Scorer)
 MAX_ANSWER_CHARS = 256  # longest answer parsed; longer is malformed (bounds the work per call)
 MAX_DEPTH = 64  # deepest nesting of parentheses / unary signs accepted
 
@@ -56,15 +66,26 @@ _ALLOWED = re.compile(r"[0-9+\-*/()\s]*")  # \s may be any Unicode space, as in 
 _TOKEN = re.compile(r"[0-9]+|[-+*/()]")
 
 
-def extract_answer(response: str) -> str | None:
+def check_rule(rule: str) -> str:
+    """`rule` if it is one of SCORERS, else ValueError (callers check before costly generation)."""
+    if rule not in SCORERS:
+        raise ValueError(f"unknown countdown scorer {rule!r}; choose from {list(SCORERS)}")
+    return rule
+
+
+def extract_answer(response: str, rule: Scorer = "rlft") -> str | None:
     """The stripped text of the last <answer>...</answer> in `response`, or None.
 
-    Same matches as TinyZero's `re.finditer(r"<answer>(.*?)</answer>")`, except that an answer
-    may span lines: a forward scan pairing each opening tag with the next closing tag, which
-    costs time linear in the response whatever it holds.
+    Same matches as TinyZero's `re.finditer(r"<answer>(.*?)</answer>")`, except that under
+    rule="rlft" an answer may span lines; rule="tinyzero" first cuts the response to its last line
+    (after the last "\\n", as TinyZero's `split('\\n')[-1]`). A forward scan pairs each opening tag
+    with the next closing tag, which costs time linear in the response whatever it holds.
     """
+    check_rule(rule)
     if not isinstance(response, str):
         return None
+    if rule == "tinyzero":
+        response = response.rpartition("\n")[2]  # == split("\n")[-1], without building the list
     last = None
     pos = 0
     while True:
@@ -158,9 +179,10 @@ def _numbers_and_tokens(answer: str) -> tuple[list[int], list[str]] | None:
     return numbers, tokens
 
 
-def score(response: str, nums: list[int], target: int | float) -> float:
-    """TinyZero's Countdown score of one response: 0.0, 0.1 or 1.0 (see module docstring)."""
-    answer = extract_answer(response)
+def score(response: str, nums: list[int], target: int | float, rule: Scorer = "rlft") -> float:
+    """TinyZero's Countdown score of one response: 0.0, 0.1 or 1.0; `rule` (SCORERS) says which
+    answer counts (see module docstring)."""
+    answer = extract_answer(response, rule)
     if answer is None:
         return NO_ANSWER
     parsed = _numbers_and_tokens(answer)
@@ -179,9 +201,9 @@ def score(response: str, nums: list[int], target: int | float) -> float:
     return CORRECT if diff * 100_000 < den * target.denominator else FORMAT_SCORE
 
 
-def is_correct(response: str, nums: list[int], target: int | float) -> bool:
-    """True when `response` scores 1.0."""
-    return score(response, nums, target) == CORRECT
+def is_correct(response: str, nums: list[int], target: int | float, rule: Scorer = "rlft") -> bool:
+    """True when `response` scores 1.0 under `rule`."""
+    return score(response, nums, target, rule) == CORRECT
 
 
 # --------------------------------------------------------------------------- solver
@@ -343,6 +365,20 @@ def generate_problems(
 def problem_key(row: dict) -> tuple:
     """Identity of a problem regardless of number order."""
     return tuple(sorted(row["nums"])), row["target"]
+
+
+# "Using the numbers [44, 19, 35], create an equation that equals 98." (TinyZero's wording)
+_STATED = re.compile(r"numbers\s*\[([0-9,\s]{1,200})\].{0,200}?\bequals?\s+(-?[0-9]+)", re.DOTALL)
+
+
+def parse_problem(text: str) -> dict | None:
+    """The problem {"nums", "target"} a prompt in TinyZero's wording states, or None: how rows of
+    a fixed prompt set (the warm-start data) are matched against held-out problems."""
+    match = _STATED.search(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    nums = [int(x) for x in re.findall(r"[0-9]+", match.group(1))]
+    return {"nums": nums, "target": int(match.group(2))} if nums else None
 
 
 def worked_solution(nums: list[int], target: int, think: bool = True) -> str | None:
