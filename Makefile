@@ -48,37 +48,57 @@ tiny-if: setup
 	$(OFFLINE) $(BIN)/rlft report $(RUNS)/tiny_if_sft $(RUNS)/tiny_if_dpo $(RUNS)/tiny_if_rloo --out $(RUNS)/tiny_if_report
 
 # The paper's tables on a GPU box with the hub (Qwen2.5-0.5B Base; one experiment per table cell,
-# each skipped when its run dir is DONE). Multi-GPU: ACCELERATE="accelerate launch --config_file
-# configs/accelerate/multi_gpu.yaml -m". The IF win-rates need the paper's judge behind an
-# OpenAI-compatible endpoint: JUDGE_URL=http://HOST:PORT/v1 (key in OPENAI_API_KEY).
+# each skipped when its run dir is DONE; run dirs in RUNS, where each recipe also finds the runs it
+# starts from). Multi-GPU: ACCELERATE="accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m".
+# The IF win-rates need the paper's judge behind an OpenAI-compatible endpoint: JUDGE_URL=http://HOST:PORT/v1
+# (key in OPENAI_API_KEY); IF_EVAL=paper_if_winrate_authors picks the authors' code's protocol
+# (200 SmolTalk test prompts vs the base model, sampled) instead of the handout's (the default).
+# PAPER_ARGS go to every command, SFT_ARGS/RM_ARGS/DPO_ARGS/RLOO_ARGS/BON_ARGS to that stage's
+# (make rehearsal shrinks steps and sizes through them); REPORT_NOTE heads both reports.
 RLFT_GPU ?= $(if $(ACCELERATE),$(ACCELERATE) rlft,$(BIN)/rlft)
 JUDGE_URL ?= http://127.0.0.1:8000/v1
-REFERENCE ?= Qwen/Qwen2.5-0.5B-Instruct
-PAPER_MATH := paper_math_sft paper_math_sft_synthetic paper_math_rloo paper_math_rloo_lora
-PAPER_IF := paper_if_sft paper_if_dpo paper_if_dpo_lora paper_if_rm_distilbert paper_if_rm_siamese_distilbert \
-	paper_if_rloo_deberta paper_if_rloo_deberta_lora paper_if_rloo_distilbert paper_if_rloo_distilbert_lora \
-	paper_if_rloo_siamese_distilbert paper_if_rloo_siamese_distilbert_lora
-PAPER_IF_POLICIES := paper_if_sft paper_if_dpo paper_if_dpo_lora paper_if_rloo_deberta paper_if_rloo_deberta_lora \
-	paper_if_rloo_distilbert paper_if_rloo_distilbert_lora paper_if_rloo_siamese_distilbert \
-	paper_if_rloo_siamese_distilbert_lora
+IF_EVAL ?= paper_if_winrate
+PAPER_ARGS ?=
+SFT_ARGS ?=
+RM_ARGS ?=
+DPO_ARGS ?=
+RLOO_ARGS ?=
+BON_ARGS ?=
+REPORT_NOTE ?=
+PAPER_IF_RM := paper_if_rm_deberta paper_if_rm_distilbert paper_if_rm_siamese_distilbert
+PAPER_IF_RLOO := paper_if_rloo_deberta paper_if_rloo_deberta_lora paper_if_rloo_distilbert \
+	paper_if_rloo_distilbert_lora paper_if_rloo_siamese_distilbert paper_if_rloo_siamese_distilbert_lora
+PAPER_IF_POLICIES := paper_if_sft paper_if_sft_lora paper_if_dpo paper_if_dpo_lora $(PAPER_IF_RLOO)
+PAPER_MATH_RUNS := paper_math_sft paper_math_sft_lora paper_math_sft_synthetic paper_math_sft_bon paper_math_rloo \
+	paper_math_rloo_lora paper_math_rloo_bon
+# $(call cell,EXPERIMENT,ARGS...): one table cell, skipped when its run dir is DONE
+cell = test -f $(RUNS)/$(1)/DONE || $(RLFT_GPU) train experiment=$(1) runs_dir=$(RUNS) $(PAPER_ARGS) $(2)
+# $(call bon,EXPERIMENT,RUN_NAME,ARGS...): an evaluation (single process)
+bon = test -f $(RUNS)/$(2)/DONE || $(BIN)/rlft train experiment=$(1) run_name=$(2) runs_dir=$(RUNS) $(PAPER_ARGS) $(BON_ARGS) $(3)
+NOTE = $(if $(REPORT_NOTE),--note "$(REPORT_NOTE)")
 
-# Math table: SFT, SFT + synthetic data, SFT + best-of-N (verifier), SFT + RLOO (full, LoRA), RLOO + best-of-N.
+# Math table: SFT (full, LoRA), SFT + synthetic data, SFT + best-of-16 (verifier); extensions the
+# paper does not report: SFT + RLOO (full, LoRA) and RLOO + best-of-16.
 paper-math: setup
-	for e in $(PAPER_MATH); do test -f $(RUNS)/$$e/DONE || $(RLFT_GPU) train experiment=$$e run_dir=$(RUNS)/$$e || exit 1; done
-	test -f $(RUNS)/paper_math_sft_bon/DONE || $(BIN)/rlft train experiment=paper_math_bon \
-		init_from=$(RUNS)/paper_math_sft/model run_dir=$(RUNS)/paper_math_sft_bon run_name=paper_math_sft_bon
-	test -f $(RUNS)/paper_math_rloo_bon/DONE || $(BIN)/rlft train experiment=paper_math_bon \
-		init_from=$(RUNS)/paper_math_rloo/model run_dir=$(RUNS)/paper_math_rloo_bon run_name=paper_math_rloo_bon
-	$(BIN)/rlft report $(foreach e,$(PAPER_MATH) paper_math_sft_bon paper_math_rloo_bon,$(RUNS)/$(e)) --out $(RUNS)/paper_math_report
+	for e in paper_math_sft paper_math_sft_lora paper_math_sft_synthetic; do $(call cell,$$e,$(SFT_ARGS)) || exit 1; done
+	$(call bon,paper_math_bon,paper_math_sft_bon)
+	for e in paper_math_rloo paper_math_rloo_lora; do $(call cell,$$e,$(RLOO_ARGS)) || exit 1; done
+	$(call bon,paper_math_bon,paper_math_rloo_bon,init_from=$(RUNS)/paper_math_rloo/model \
+		"label='paper_math_rloo_bon (extension; the paper reports no Countdown RLOO)'")
+	$(BIN)/rlft report $(foreach e,$(PAPER_MATH_RUNS),$(RUNS)/$(e)) --out $(RUNS)/paper_math_report $(NOTE)
 
-# IF table: SFT, DPO, RLOO with DeBERTa / DistilBERT / Siamese DistilBERT rewards, each full and
-# LoRA, as win-rate against Qwen2.5-0.5B-Instruct on 400 held-out UltraFeedback prompts.
+# IF table: SFT (full, LoRA), reward models (DeBERTa off the shelf, DistilBERT, Siamese DistilBERT),
+# DPO and RLOO x {DeBERTa, DistilBERT, Siamese DistilBERT}, each full and LoRA, from the merged LoRA
+# SFT model; each policy's win-rate against the protocol's reference, judged by the endpoint.
 paper-if: setup
-	for e in $(PAPER_IF); do test -f $(RUNS)/$$e/DONE || $(RLFT_GPU) train experiment=$$e run_dir=$(RUNS)/$$e || exit 1; done
-	for e in $(PAPER_IF_POLICIES); do test -f $(RUNS)/$${e}_winrate/DONE || $(BIN)/rlft train stage=bon \
-		model=qwen2_5_0_5b data=ultrafeedback init_from=$(RUNS)/$$e/model reference=$(REFERENCE) judge=endpoint \
-		judge.base_url=$(JUDGE_URL) run_name=$${e}_winrate run_dir=$(RUNS)/$${e}_winrate || exit 1; done
-	$(BIN)/rlft report $(foreach e,$(PAPER_IF_POLICIES),$(RUNS)/$(e)_winrate) --out $(RUNS)/paper_if_report
+	for e in paper_if_sft paper_if_sft_lora; do $(call cell,$$e,$(SFT_ARGS)) || exit 1; done
+	for e in $(PAPER_IF_RM); do $(call cell,$$e,$(RM_ARGS)) || exit 1; done
+	for e in paper_if_dpo paper_if_dpo_lora; do $(call cell,$$e,$(DPO_ARGS)) || exit 1; done
+	for e in $(PAPER_IF_RLOO); do $(call cell,$$e,$(RLOO_ARGS)) || exit 1; done
+	for e in $(PAPER_IF_POLICIES); do $(call bon,$(IF_EVAL),$${e}_winrate,init_from=$(RUNS)/$$e/model \
+		judge.base_url=$(JUDGE_URL)) || exit 1; done
+	$(BIN)/rlft report $(foreach e,$(PAPER_IF_RM),$(RUNS)/$(e)) $(foreach e,$(PAPER_IF_POLICIES),$(RUNS)/$(e)_winrate) \
+		--out $(RUNS)/paper_if_report $(NOTE)
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q

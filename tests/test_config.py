@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+from conftest import REPO
 
 from rlft import config
 from rlft.errors import UserError
@@ -118,3 +119,18 @@ def test_half_precision_weights_under_the_optimizer_are_refused(overrides, key):
         config.validate(config.compose(overrides))
     config.validate(config.compose([*overrides, "peft=lora"]))  # an adapter is float32 whatever its base
     config.validate(config.compose(["stage=bon", "model.dtype=bfloat16"]))  # nothing trained
+
+
+def test_paper_recipes_find_earlier_runs_under_runs_dir():
+    """`make RUNS=elsewhere`: every run dir a recipe writes or reads (init_from, reward.path) moves."""
+    import subprocess
+
+    for name in PAPER:
+        cfg = config.compose([f"experiment={name}", "runs_dir=/elsewhere"])
+        local = [cfg.run_dir, cfg.init_from, cfg.reward.get("path")]
+        for path in (p for p in local if p and "paper_" in p):
+            assert path.startswith("/elsewhere/paper_"), (name, path)
+    dry = subprocess.run(["make", "-n", "paper-math", "paper-if", "RUNS=/elsewhere", "BIN=.venv/bin"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "runs_dir=/elsewhere" in dry and "/elsewhere/paper_if_report" in dry
+    assert " runs/" not in dry and "=runs/" not in dry

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                          description="rlft report RUN_DIR... [--out DIR]")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", default="runs/report", help="folder for results.md, results.csv and PNGs")
+    rep.add_argument("--note", default=None, help="a line printed above the tables (e.g. what the weights are)")
     return parser
 
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from rlft.report import report
 
-            print(report(args.run_dirs, args.out))
+            print(report(args.run_dirs, args.out, args.note))
             return 0
     except UserError as e:
         print(f"rlft: error: {e}", file=sys.stderr)

@@ -27,7 +27,8 @@ def load_run(run_dir: str) -> dict:
     metrics = []
     if (d / "metrics.jsonl").is_file():
         metrics = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"dir": str(d), "name": cfg.get("run_name", d.name), "stage": cfg["stage"]["name"],
+    name = cfg.get("label") or cfg.get("run_name", d.name)  # label: e.g. a row the paper does not have
+    return {"dir": str(d), "name": name, "stage": cfg["stage"]["name"],
             "done": (d / "DONE").exists(), "results": results, "metrics": metrics}
 
 
@@ -174,8 +175,9 @@ def _pyplot():
     return plt
 
 
-def report(run_dirs: list[str], out: str) -> str:
-    """Write results.md, results.csv and the plots into `out`; return the markdown table."""
+def report(run_dirs: list[str], out: str, note: str | None = None) -> str:
+    """Write results.md, results.csv and the plots into `out`; return the markdown table (under
+    `note`, if given: a line that must travel with the numbers, e.g. that the weights are random)."""
     runs = [load_run(d) for d in run_dirs]
     table = rows(runs)
     out_dir = Path(out)
@@ -185,6 +187,8 @@ def report(run_dirs: list[str], out: str) -> str:
         raise UserError(f"report --out {out!r} is not writable ({e.strerror})") from None
     headline = summary(table)
     text = (headline + "\n\nAll metrics:\n\n" if headline else "") + markdown(table)
+    if note:
+        text = f"**{note}**\n\n{text}"
     (out_dir / "results.md").write_text(text + "\n")
     with (out_dir / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["run", "stage", "eval", "metric", "value", "ci95_low", "ci95_high", "n"])

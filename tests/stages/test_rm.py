@@ -75,3 +75,26 @@ def test_rm_trains_on_exactly_the_ids_it_is_scored_on(backbone, tmp_path):
     with torch.no_grad():  # the score is the model's output on exactly those ids
         expected = model(input_ids=torch.tensor([encoded[0]["chosen_ids"]])).logits[0, 0].item()
     assert scores == [pytest.approx(expected, abs=1e-6)]
+
+
+@pytest.mark.smoke
+def test_rm_off_the_shelf_is_evaluated_not_trained(tmp_path, run_cli):
+    """stage.train=false (experiment=paper_if_rm_deberta): the reward model's held-out pairwise
+    accuracy as it was downloaded, through the same contract; nothing trained, no model/ written."""
+    from rlft import models
+    from rlft.config import build, compose
+
+    run_dir = tmp_path / "offshelf"
+    code, out, err = run_cli("train", "stage=rm", "stage.train=false", "reward_model=tiny", "data=ifcheck",
+                             "data.preference_heldout.n=16", f"run_dir={run_dir}")
+    assert code == 0, err
+    assert (run_dir / "DONE").is_file() and not (run_dir / "model").exists()
+    got = json.loads((run_dir / "results.json").read_text())["heldout"]["pairwise_accuracy"]
+    cfg = compose(["stage=rm", "reward_model=tiny", "data=ifcheck", "data.preference_heldout.n=16"])
+    path = build(cfg.reward_model.build)
+    fmt = cfg.reward_model.format
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template if fmt == "chat" else None)
+    expected = reward.pairwise_accuracy(models.load_reward_model(path), tokenizer,
+                                        build(cfg.data.preference_heldout), cfg.reward_model.format,
+                                        cfg.reward_model.max_length)["pairwise_accuracy"]
+    assert got == expected and got["n"] == 16

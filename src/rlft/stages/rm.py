@@ -3,10 +3,12 @@
     rlft train stage=rm rm=bt reward_model=tiny data=ifcheck run_dir=runs/rm max_steps=4
     rlft train stage=rm rm=siamese reward_model=tiny_deberta data=ifcheck ...
     rlft train stage=rm rm=regression reward_model=distilbert data=ultrafeedback ...   (GPU box, hub)
+    rlft train stage=rm stage.train=false reward_model=deberta_v3_large_oasst data=ultrafeedback   (evaluate only)
 
 Pairs go through rlft's scoring contract (rlft.reward.encode) before TRL sees them, so the
 model is trained on exactly the ids it is later scored on. Writes run_dir/model
 (AutoModelForSequenceClassification) and run_dir/results.json: held-out pairwise accuracy.
+With stage.train=false a reward model used off the shelf is only evaluated (results.json, no model/).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ def main(cfg) -> tuple[dict | None, dict]:
 
     from rlft import models, reward
     from rlft.config import build
+    from rlft.errors import UserError
     from rlft.metrics import metrics_logger
 
     # 1. seed and data first, so a bad data file fails before any model loads
@@ -31,6 +34,11 @@ def main(cfg) -> tuple[dict | None, dict]:
     path = models.resolve_model_path(rm, cfg.init_from)
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template if rm.format == "chat" else None)
     model = models.load_reward_model(path, rm.dtype)
+    if not cfg.stage.train:  # off the shelf (the paper's DeBERTa): held-out pairwise accuracy, no model/
+        if heldout is None:
+            raise UserError(f"stage.train=false evaluates only: data={cfg.data.name} has no preference_heldout")
+        return ({"heldout": reward.pairwise_accuracy(model, tokenizer, heldout, rm.format, rm.max_length)},
+                {"base_model": path, "variant": "off the shelf (not trained)"})
 
     # 3. encode through the scoring contract, then the variant's trainer (rm.trainer)
     train_dataset, truncated = reward.tokenize_pairs(pairs, tokenizer, rm.format, rm.max_length)
