@@ -14,7 +14,7 @@ RUNS ?= runs
 # Everything here runs offline on CPU; TRITON_INTERPRET must be set before triton is imported.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=1
 
-.PHONY: setup demo tiny-math tiny-if paper-math paper-if test test-slow test-gpu bench clean
+.PHONY: setup demo tiny-math tiny-if paper-math paper-if rehearsal test test-slow test-gpu bench clean
 
 setup: $(STAMP)
 
@@ -53,17 +53,24 @@ tiny-if: setup
 # The IF win-rates need the paper's judge behind an OpenAI-compatible endpoint: JUDGE_URL=http://HOST:PORT/v1
 # (key in OPENAI_API_KEY); IF_EVAL=paper_if_winrate_authors picks the authors' code's protocol
 # (200 SmolTalk test prompts vs the base model, sampled) instead of the handout's (the default).
-# PAPER_ARGS go to every command, SFT_ARGS/RM_ARGS/DPO_ARGS/RLOO_ARGS/BON_ARGS to that stage's
-# (make rehearsal shrinks steps and sizes through them); REPORT_NOTE heads both reports.
+# PAPER_ARGS go to every command, SFT_ARGS/RM_ARGS/DPO_ARGS/RLOO_ARGS/BON_ARGS to that stage's,
+# SMOLTALK_ARGS/WARMSTART_ARGS/COUNTDOWN_ARGS/UF_PROMPT_ARGS to the cells on that data (make rehearsal
+# shrinks steps, batch sizes, lengths and prompt counts through them); REPORT_NOTE heads both reports.
 RLFT_GPU ?= $(if $(ACCELERATE),$(ACCELERATE) rlft,$(BIN)/rlft)
 JUDGE_URL ?= http://127.0.0.1:8000/v1
 IF_EVAL ?= paper_if_winrate
+# each policy's evaluation run dir: <policy>_winrate, or <policy>_winrate_authors
+IF_RUN = $(patsubst paper_if_%,%,$(IF_EVAL))
 PAPER_ARGS ?=
 SFT_ARGS ?=
 RM_ARGS ?=
 DPO_ARGS ?=
 RLOO_ARGS ?=
 BON_ARGS ?=
+SMOLTALK_ARGS ?=
+WARMSTART_ARGS ?=
+COUNTDOWN_ARGS ?=
+UF_PROMPT_ARGS ?=
 REPORT_NOTE ?=
 PAPER_IF_RM := paper_if_rm_deberta paper_if_rm_distilbert paper_if_rm_siamese_distilbert
 PAPER_IF_RLOO := paper_if_rloo_deberta paper_if_rloo_deberta_lora paper_if_rloo_distilbert \
@@ -80,10 +87,13 @@ NOTE = $(if $(REPORT_NOTE),--note "$(REPORT_NOTE)")
 # Math table: SFT (full, LoRA), SFT + synthetic data, SFT + best-of-16 (verifier); extensions the
 # paper does not report: SFT + RLOO (full, LoRA) and RLOO + best-of-16.
 paper-math: setup
-	for e in paper_math_sft paper_math_sft_lora paper_math_sft_synthetic; do $(call cell,$$e,$(SFT_ARGS)) || exit 1; done
-	$(call bon,paper_math_bon,paper_math_sft_bon)
-	for e in paper_math_rloo paper_math_rloo_lora; do $(call cell,$$e,$(RLOO_ARGS)) || exit 1; done
-	$(call bon,paper_math_bon,paper_math_rloo_bon,init_from=$(RUNS)/paper_math_rloo/model \
+	$(call cell,paper_math_sft,$(SFT_ARGS) $(WARMSTART_ARGS))
+	$(call cell,paper_math_sft_lora,$(SFT_ARGS) $(WARMSTART_ARGS))
+	$(call cell,paper_math_sft_synthetic,$(SFT_ARGS) $(COUNTDOWN_ARGS))
+	$(call bon,paper_math_bon,paper_math_sft_bon,$(COUNTDOWN_ARGS))
+	$(call cell,paper_math_rloo,$(RLOO_ARGS) $(COUNTDOWN_ARGS))
+	$(call cell,paper_math_rloo_lora,$(RLOO_ARGS) $(COUNTDOWN_ARGS))
+	$(call bon,paper_math_bon,paper_math_rloo_bon,$(COUNTDOWN_ARGS) init_from=$(RUNS)/paper_math_rloo/model \
 		"label='paper_math_rloo_bon (extension; the paper reports no Countdown RLOO)'")
 	$(BIN)/rlft report $(foreach e,$(PAPER_MATH_RUNS),$(RUNS)/$(e)) --out $(RUNS)/paper_math_report $(NOTE)
 
@@ -91,14 +101,46 @@ paper-math: setup
 # DPO and RLOO x {DeBERTa, DistilBERT, Siamese DistilBERT}, each full and LoRA, from the merged LoRA
 # SFT model; each policy's win-rate against the protocol's reference, judged by the endpoint.
 paper-if: setup
-	for e in paper_if_sft paper_if_sft_lora; do $(call cell,$$e,$(SFT_ARGS)) || exit 1; done
+	$(call cell,paper_if_sft,$(SFT_ARGS) $(SMOLTALK_ARGS))
+	$(call cell,paper_if_sft_lora,$(SFT_ARGS) $(SMOLTALK_ARGS))
 	for e in $(PAPER_IF_RM); do $(call cell,$$e,$(RM_ARGS)) || exit 1; done
 	for e in paper_if_dpo paper_if_dpo_lora; do $(call cell,$$e,$(DPO_ARGS)) || exit 1; done
-	for e in $(PAPER_IF_RLOO); do $(call cell,$$e,$(RLOO_ARGS)) || exit 1; done
-	for e in $(PAPER_IF_POLICIES); do $(call bon,$(IF_EVAL),$${e}_winrate,init_from=$(RUNS)/$$e/model \
+	for e in $(PAPER_IF_RLOO); do $(call cell,$$e,$(RLOO_ARGS) $(UF_PROMPT_ARGS)) || exit 1; done
+	for e in $(PAPER_IF_POLICIES); do $(call bon,$(IF_EVAL),$${e}_$(IF_RUN),init_from=$(RUNS)/$$e/model \
 		judge.base_url=$(JUDGE_URL)) || exit 1; done
-	$(BIN)/rlft report $(foreach e,$(PAPER_IF_RM),$(RUNS)/$(e)) $(foreach e,$(PAPER_IF_POLICIES),$(RUNS)/$(e)_winrate) \
+	$(BIN)/rlft report $(foreach e,$(PAPER_IF_RM),$(RUNS)/$(e)) $(foreach e,$(PAPER_IF_POLICIES),$(RUNS)/$(e)_$(IF_RUN)) \
 		--out $(RUNS)/paper_if_report $(NOTE)
+
+# make rehearsal: make paper-math and make paper-if themselves, offline on CPU, at Qwen2.5-0.5B's
+# real shapes: the same targets, experiment configs and hub ids, served by a local hub
+# (python -m rlft.rehearsal: the real architecture with random weights and the real Qwen2.5
+# tokenizer, the reward backbones, small files in the hub datasets' schemas, a judge that also
+# answers 429 and 500). Only steps, batch sizes, lengths and prompt counts shrink, through the
+# pass-through variables above. The numbers are meaningless (random weights); what passes is that
+# every cell runs at least one optimizer step, full and LoRA, through the user's code path.
+REHEARSAL_HUB ?= .rehearsal
+REHEARSAL_RUNS ?= $(RUNS)/rehearsal
+R_TRAIN := stage.trainer.logging_steps=1 stage.trainer.gradient_accumulation_steps=1
+R_SFT := $(R_TRAIN) stage.trainer.per_device_train_batch_size=1 stage.trainer.max_length=256 \
+	stage.trainer.warmup_steps=0
+R_DATA := data.evaluate.max_new_tokens=8 data.heldout.n=2
+REHEARSE_ARGS := PAPER_ARGS="max_steps=1 report_to=[] keep_checkpoints=false" \
+	SFT_ARGS="$(R_SFT)" WARMSTART_ARGS="data.sft_dataset.max_rows=16 $(R_DATA)" \
+	SMOLTALK_ARGS="data.sft_dataset.max_rows=16" COUNTDOWN_ARGS="$(R_DATA) data.sft_dataset.n=16 data.prompt_dataset.n=8" \
+	RM_ARGS="stage.trainer.logging_steps=1 stage.trainer.per_device_train_batch_size=2 reward_model.max_length=64 data.preference_dataset.max_rows=8 \
+		data.preference_heldout.max_rows=4" \
+	DPO_ARGS="$(R_TRAIN) stage.trainer.per_device_train_batch_size=1 \
+		stage.trainer.max_length=128 data.preference_dataset.max_rows=4" \
+	RLOO_ARGS="$(R_TRAIN) stage.trainer.per_device_train_batch_size=4 \
+		stage.trainer.max_completion_length=8" \
+	UF_PROMPT_ARGS="data.prompt_dataset.max_rows=4" \
+	BON_ARGS="num_prompts=2 n=2 stage.sweep=[1,2] stage.max_new_tokens=8" \
+	REPORT_NOTE="Rehearsal: random weights at Qwen2.5-0.5B's shapes, one optimizer step per cell; the numbers mean nothing"
+
+rehearsal: setup
+	$(BIN)/python -m rlft.rehearsal build --root $(REHEARSAL_HUB)
+	$(BIN)/python -m rlft.rehearsal run --root $(REHEARSAL_HUB) -- \
+		$(MAKE) --no-print-directory paper-math paper-if RUNS=$(REHEARSAL_RUNS) $(REHEARSE_ARGS)
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q

@@ -71,6 +71,11 @@ CATALOGUE = [
     ("bon with vLLM not installed", ["stage=bon", "data=countdown", "init_from={base}", "generation_backend=vllm",
                                      "num_prompts=2"], "generation_backend=vllm needs the vllm package"),
     ("bon with n < 1", ["stage=bon", "data=countdown", "init_from={base}", "n=0", "num_prompts=2"], "n must be"),
+    ("bf16 weights under the optimizer", ["model.dtype=bfloat16"], "model.dtype=bfloat16: stage=sft would have the "
+                                                                    "optimizer update bfloat16 weights"),
+    ("SFT length leaving no assistant token", ["data=countdown_tiny", "init_from={base}", "data.sft_dataset.n=8",
+                                               "stage.trainer.max_length=4"],
+     "data.sft_dataset: none of 8 rows keeps an assistant token within stage.trainer.max_length=4"),
     ("judge reward model path unset", ["stage=bon", "data=ifcheck", "judge=rm", "init_from={base}",
                                        "reference={base}", "num_prompts=2"], "judge.path"),
 ]

@@ -145,3 +145,38 @@ def test_ultrafeedback_train_gen_prompts(tmp_path):
     path = write_jsonl(tmp_path / "gen2.jsonl", [{"prompt": "Tell me a joke."}])
     ds = data.ultrafeedback_prompt_dataset(str(path), system_prompt="You are a helpful assistant.")
     assert ds[0]["prompt"][-1] == {"role": "user", "content": "Tell me a joke."}
+
+
+# --------------------------------------------------------------------------- SmolTalk held-out prompts
+
+def test_smoltalk_heldout_prompts_are_first_user_turns_of_usable_rows_only(tmp_path):
+    path = write_jsonl(tmp_path / "test.jsonl", smoltalk_rows())  # 5 of 11 open with a user turn of text
+    drawn = data.smoltalk_heldout_prompts(str(path), n=5, seed=3)
+    assert sorted(r["prompt"] for r in drawn) == sorted(
+        ["The meeting, which was long, ended late.",  # after the row's system turn, which is not in the prompt
+         "hi", "2+2?", "a question nobody answers", "text"])  # the first user turn; no answer needed
+    assert {r["source"] for r in drawn} == {"smol-rewrite", "smol-magpie-ultra", "smol-constraints"}
+    with pytest.raises(UserError) as e:
+        data.smoltalk_heldout_prompts(str(path), n=6, seed=3)
+    assert str(e.value) == f"{path}: cannot draw n=6 held-out prompts from 5 usable rows (of 11; a usable row opens " \
+                           "with a user turn of text)"
+
+
+def test_smoltalk_heldout_draw_is_seeded_not_the_first_rows(tmp_path):
+    chats = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}],
+              "source": "smol-magpie-ultra"} for i in range(60)]
+    malformed = [row for i, row in enumerate(smoltalk_rows()) if i in (3, 5, 6, 8, 9, 10)]
+    path = write_jsonl(tmp_path / "test.jsonl", [row for pair in zip(chats, malformed * 10) for row in pair])
+    drawn = [r["prompt"] for r in data.smoltalk_heldout_prompts(str(path), n=10, seed=7)]
+    assert drawn == [r["prompt"] for r in data.smoltalk_heldout_prompts(str(path), n=10, seed=7)]
+    assert drawn != [r["prompt"] for r in data.smoltalk_heldout_prompts(str(path), n=10, seed=8)]
+    assert drawn != [f"q{i}" for i in range(10)] and len(set(drawn)) == 10
+    assert set(drawn) <= {f"q{i}" for i in range(60)}  # the malformed rows between them are skipped
+    assert drawn[:4] == [r["prompt"] for r in data.smoltalk_heldout_prompts(str(path), n=4, seed=7)]  # num_prompts=4
+
+
+def test_smoltalk_heldout_file_without_messages_is_named(tmp_path):
+    path = write_jsonl(tmp_path / "uf.jsonl", [{"prompt": "Tell me a joke."}])
+    with pytest.raises(UserError) as e:
+        data.smoltalk_heldout_prompts(str(path), n=1)
+    assert str(e.value) == f"{path}: row 0: missing required field 'messages'"

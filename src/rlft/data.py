@@ -334,6 +334,45 @@ def ultrafeedback_heldout_prompts(path: str, split: str = "test_gen", n: int = 4
     return out
 
 
+def smoltalk_heldout_prompts(path: str, split: str = "test", n: int = 200, seed: int = 0) -> list[dict]:
+    """`n` win-rate prompts drawn by `seed` from SmolTalk-style chats ({"messages": [...]}; by hub id
+    or local .jsonl/.json/.parquet): the first user turn of each drawn row, as rows {prompt, source}.
+    The authors' own evaluation judged 200 prompts of smol-smoltalk's `test` split.
+
+    A row is usable when its chat opens, after an optional system turn, with a user turn of
+    non-empty text (no answer needed); other rows are skipped before the draw. The row's own
+    system turn is not part of the prompt. The draw is countdown_hub_problems': usable rows without
+    replacement from one seeded stream, so it is the same on every machine and the first k of a
+    draw of n are the draw of k (num_prompts=50 judges a subset of the 200).
+    """
+    import random
+
+    rows, where = load_rows(path, split)
+    if not any(isinstance(row, dict) and "messages" in row for row in rows):  # another schema: say so
+        raise UserError(f"{where}: row 0: missing required field 'messages'")
+    usable = [{"prompt": text, "source": row.get("source")} for row in rows
+              if isinstance(row, dict) and (text := _first_user_text(row.get("messages"))) is not None]
+    if not 1 <= n <= len(usable):
+        raise UserError(f"{where}: cannot draw n={n} held-out prompts from {len(usable)} usable rows "
+                        f"(of {len(rows)}; a usable row opens with a user turn of text)")
+    rng = random.Random(seed)
+    picked: dict[int, None] = {}  # insertion-ordered set of row indices
+    while len(picked) < n:
+        picked.setdefault(rng.randrange(len(usable)))
+    return [usable[i] for i in picked]
+
+
+def _first_user_text(messages) -> str | None:
+    """The text of the user turn a chat opens with (after an optional system turn), or None."""
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        return None
+    turn = messages[1] if messages[0].get("role") == "system" and len(messages) > 1 else messages[0]
+    content = turn.get("content")
+    if turn.get("role") != "user" or not isinstance(content, str) or not content.strip():
+        return None
+    return content
+
+
 def count_over_length(tokenizer, rows, max_length: int | None) -> int:
     """How many rows render (chat template) longer than `max_length` tokens: SFT rows
     ({"messages"}) or preference pairs (prompt + chosen, prompt + rejected; a pair counts once).

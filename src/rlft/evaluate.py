@@ -28,14 +28,20 @@ def generate(
     temperature: float = 1.0,
     num_return_sequences: int = 1,
     desc: str = "sampling",
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
 ) -> list[str]:
     """Completions for rendered prompts, batched with left padding and the KV cache.
 
-    Returns len(prompts) * num_return_sequences strings, grouped by prompt. A models.VLLMPolicy
-    samples through vLLM instead (same strings, same grouping).
+    Returns len(prompts) * num_return_sequences strings, grouped by prompt. Every decoding knob is
+    passed explicitly, so a model's generation_config.json adds nothing (Qwen2.5-Instruct's would
+    add repetition_penalty 1.1, top_k 20 and top_p 0.8). top_p applies when sampling;
+    repetition_penalty (1.0: off) to greedy decoding too. A models.VLLMPolicy samples through vLLM
+    instead (same strings, same grouping).
     """
     if hasattr(model, "generate_texts"):
-        return model.generate_texts(prompts, max_new_tokens, do_sample, temperature, num_return_sequences)
+        extra = {k: v for k, v in (("top_p", top_p), ("repetition_penalty", repetition_penalty)) if v != 1.0}
+        return model.generate_texts(prompts, max_new_tokens, do_sample, temperature, num_return_sequences, **extra)
     import torch
     from tqdm.auto import tqdm
 
@@ -57,8 +63,9 @@ def generate(
                     max_new_tokens=max_new_tokens,
                     do_sample=do_sample,
                     temperature=temperature if do_sample else None,
-                    top_p=None,
+                    top_p=top_p if do_sample else None,
                     top_k=None,
+                    repetition_penalty=repetition_penalty,
                     num_return_sequences=num_return_sequences,
                     eos_token_id=stop_token_ids(tokenizer),
                     pad_token_id=tokenizer.pad_token_id,
@@ -188,20 +195,35 @@ def ifcheck_heldout(model, tokenizer, prompts: list[dict], system_prompt: str | 
 
 def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows: list[dict], judge,
                          system_prompt: str | None = None, max_new_tokens: int = 256, batch_size: int = 16,
-                         selector=None, n: int = 1, temperature: float = 1.0) -> dict:
-    """Greedy responses of a model and of a reference model to held-out prompts (rows {prompt, ...}),
+                         selector=None, n: int = 1, temperature: float = 1.0, decoding: dict | None = None,
+                         seed: int | None = None) -> dict:
+    """Responses of a model and of a reference model to held-out prompts (rows {prompt, ...}),
     scored by `judge(prompts, responses, rows)`; the model's win-rate against the reference (ties
     count 1/2) and both mean judge scores, each with a 95% interval. With a `selector` (a reward
-    model) and n > 1, also best-of-n: n samples per prompt, the selector's pick judged against the
-    same reference responses."""
+    model) and n > 1, also best-of-n: n samples per prompt at `temperature`, the selector's pick
+    judged against the same reference responses.
+
+    `decoding` ({do_sample, temperature, top_p, repetition_penalty}; default greedy) is the same
+    for both models. When sampling, each model's generation starts from `seed`, so every policy
+    evaluated meets the same reference responses.
+    """
+    from transformers import set_seed
+
     from rlft.metrics import win_rate
 
+    decoding = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0, **(decoding or {})}
     texts = [r["prompt"] for r in rows]
     messages = chat_messages(texts, system_prompt)
-    ours = generate(model, tokenizer, chat_prompts(tokenizer, texts, system_prompt), max_new_tokens, batch_size,
-                    desc="policy responses")
-    theirs = generate(reference, reference_tokenizer, chat_prompts(reference_tokenizer, texts, system_prompt),
-                      max_new_tokens, batch_size, desc="reference responses")
+
+    def respond(who, tok, desc: str) -> list[str]:
+        if decoding["do_sample"] and seed is not None:
+            set_seed(seed)  # each model from the same seed: the reference's samples do not depend on the policy's
+        return generate(who, tok, chat_prompts(tok, texts, system_prompt), max_new_tokens, batch_size,
+                        decoding["do_sample"], decoding["temperature"], desc=desc, top_p=decoding["top_p"],
+                        repetition_penalty=decoding["repetition_penalty"])
+
+    ours = respond(model, tokenizer, "policy responses")
+    theirs = respond(reference, reference_tokenizer, "reference responses")
     s_ours, s_theirs = judge(messages, ours, rows), judge(messages, theirs, rows)
     unbounded = (float("-inf"), float("inf"))  # reward-model scores are not confined to [0, 1]
     m = len(rows)
@@ -210,7 +232,7 @@ def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows:
         "judge_score": {"value": sum(s_ours) / m, "ci95": list(mean_interval(s_ours, bounds=unbounded)), "n": m},
         "reference_judge_score": {"value": sum(s_theirs) / m, "ci95": list(mean_interval(s_theirs, bounds=unbounded)),
                                   "n": m},
-        "decoding": "greedy",
+        "decoding": {**decoding, "max_new_tokens": max_new_tokens, "seed": seed if decoding["do_sample"] else None},
         "samples": [{"prompt": t, "response": a, "reference": b, "score": x, "reference_score": y}
                     for t, a, b, x, y in list(zip(texts, ours, theirs, s_ours, s_theirs))[:10]],
     }

@@ -237,7 +237,8 @@ def _git_state() -> dict | None:
 
 
 def finish(cfg, results: dict | None, card: dict) -> None:
-    """results.json, the model card, then DONE, in that order (rank 0)."""
+    """results.json, the model card, then DONE, in that order (rank 0); then, with
+    keep_checkpoints=false, the checkpoints go (model/ holds the result)."""
     if not is_main_process():
         return
     run_dir = Path(cfg.run_dir)
@@ -246,6 +247,8 @@ def finish(cfg, results: dict | None, card: dict) -> None:
     if (run_dir / "model").is_dir():
         write_atomic(run_dir / "model" / "README.md", model_card(cfg, results, card))
     write_atomic(run_dir / "DONE", "")
+    if not cfg.get("keep_checkpoints", True):  # a finished run cannot resume: its checkpoints are only disk
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 def model_card(cfg, results: dict | None, card: dict) -> str:

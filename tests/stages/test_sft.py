@@ -45,8 +45,11 @@ def test_sft_full_contract(tmp_path, run_cli, tiny_base):
     assert (run_dir / "model" / "model.safetensors").read_bytes() == before
     # ... and a second stage can start from it.
     code, _, err = run_cli("train", "stage=sft", f"run_dir={tmp_path / 'again'}", f"init_from={run_dir / 'model'}",
-                           "max_steps=1", "data.sft_dataset.n=64", *FAST)
+                           "max_steps=1", "data.sft_dataset.n=64", "keep_checkpoints=false", *FAST)
     assert code == 0, err
+    # checkpoints serve resume only: kept by default, dropped once DONE with keep_checkpoints=false
+    assert list((run_dir / "checkpoints").glob("checkpoint-*"))
+    assert (tmp_path / "again" / "DONE").is_file() and not (tmp_path / "again" / "checkpoints").exists()
     assert f"base model: `{run_dir / 'model'}`" in (tmp_path / "again" / "model" / "README.md").read_text()
 
 

@@ -228,7 +228,6 @@ def _torch_backward(hidden, weight, targets, lse, ent, g_logp, g_ent, inv_t, nee
     for t0 in range(0, n, TOKENS_PER_TILE):
         t1 = min(t0 + TOKENS_PER_TILE, n)
         h = hidden[t0:t1].float()
-        rows = torch.arange(t1 - t0, device=h.device)
         for v0 in range(0, v, VOCAB_PER_TILE):
             v1 = min(v0 + VOCAB_PER_TILE, v)
             if (t0, v0) in kept:                                          # the forward's logits (not in place:
@@ -245,8 +244,9 @@ def _torch_backward(hidden, weight, targets, lse, ent, g_logp, g_ent, inv_t, nee
                 log_p.add_(ent[t0:t1].unsqueeze(1)).mul_(p).mul_(g_ent[t0:t1].unsqueeze(1))
                 dz = p.mul_(-g_logp[t0:t1].unsqueeze(1)).sub_(log_p)
             target = targets[t0:t1] - v0
-            in_tile = (target >= 0) & (target < v1 - v0)
-            dz[rows[in_tile], target[in_tile]] += g_logp[t0:t1][in_tile]
+            in_tile = (target >= 0) & (target < v1 - v0)                 # + g at the target, where it is in
+            dz.scatter_add_(1, target.clamp(0, v1 - v0 - 1).unsqueeze(1),  # this tile (static shapes: no
+                            torch.where(in_tile, g_logp[t0:t1], 0.0).unsqueeze(1))  # boolean indexing, no sync)
             dz.mul_(inv_t)
             _accumulate(grad_h, grad_w, dz, hidden, weight, t0, t1, v0, v1)
     return grad_h, grad_w

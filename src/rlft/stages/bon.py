@@ -11,16 +11,21 @@ run_dir/results.json: greedy accuracy, pass@1 and best-of-n for every n in `swee
 interval, plus seed, N, temperature, prompt count and the scoring rule (data.scorer: rlft's last
 answer anywhere, or tinyzero's last line only).
 
-Instruction following (any other data): greedy responses of the model and of `reference` to the
-held-out prompts, scored by the `judge` group (rule | rm | endpoint); results.json holds the
-win-rate against the reference (ties 1/2) and both mean judge scores, with 95% intervals; with
-select=reward also the best-of-N pick's win-rate.
+Instruction following (any other data): responses of the model and of `reference` to the
+held-out prompts under `decoding` (greedy by default; sampled and seeded with decoding.do_sample=true),
+scored by the `judge` group (rule | rm | endpoint); results.json holds the win-rate against the
+reference (ties 1/2) and both mean judge scores, with 95% intervals, and the protocol: decoding,
+held-out source and count, reference; with select=reward also the best-of-N pick's win-rate.
+Two protocols ship: experiment=paper_if_winrate (the handout's) and paper_if_winrate_authors.
 """
 
 from __future__ import annotations
 
 
 def main(cfg) -> tuple[dict, dict]:
+    import inspect
+
+    from omegaconf import OmegaConf
     from transformers import set_seed
 
     from rlft import evaluate, models, rewards
@@ -40,6 +45,12 @@ def main(cfg) -> tuple[dict, dict]:
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
     if cfg.generation_backend not in ("transformers", "vllm"):
         raise UserError(f"generation_backend={cfg.generation_backend!r}: choose transformers or vllm")
+    decoding = OmegaConf.to_container(cfg.decoding, resolve=True)  # instruction data: both models' decoding
+    if (cfg.generation_backend == "vllm" and cfg.data.get("task") != "countdown"
+            and (decoding["top_p"] != 1.0 or decoding["repetition_penalty"] != 1.0)
+            and "top_p" not in inspect.signature(models.VLLMPolicy.generate_texts).parameters):
+        raise UserError("generation_backend=vllm does not take decoding.top_p or decoding.repetition_penalty yet; "
+                        "use generation_backend=transformers")
     if cfg.generation_backend == "vllm":  # GPU boxes: the same results, sampled by vLLM
         model = models.VLLMPolicy(path, cfg.model.frozen_dtype, models.stop_token_ids(tokenizer), cfg.seed)
     else:
@@ -75,7 +86,12 @@ def main(cfg) -> tuple[dict, dict]:
         model, tokenizer, reference, models.load_tokenizer(str(cfg.reference), cfg.model.chat_template), heldout, judge,
         cfg.data.system_prompt, max_new_tokens=evaluation.get("max_new_tokens", cfg.stage.max_new_tokens),
         batch_size=evaluation.get("batch_size", cfg.stage.batch_size), selector=selector, n=cfg.n,
-        temperature=cfg.temperature)
+        temperature=cfg.temperature, decoding=decoding, seed=cfg.seed)
+    # the protocol, beside the numbers: which prompts (loader and its arguments), how many, against whom
+    source = {("loader" if k == "_target_" else k): v
+              for k, v in OmegaConf.to_container(cfg.data.heldout, resolve=True).items() if k not in ("n", "_partial_")}
+    result["prompts"] = {**source, "num_prompts": len(heldout)}
+    result["reference"] = str(cfg.reference)
     card |= {"reference_model": str(cfg.reference), "judge": cfg.judge.name}
     return {"heldout": result, "seed": cfg.seed, "model": path, "reference": str(cfg.reference),
             "judge": cfg.judge.name}, card

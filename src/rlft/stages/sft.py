@@ -20,6 +20,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     from rlft import models
     from rlft.config import build
     from rlft.data import count_over_length, dropped_rows
+    from rlft.errors import UserError
     from rlft.metrics import metrics_logger
 
     # 1. seed and data first, so a bad data file fails before any model loads
@@ -45,6 +46,9 @@ def main(cfg) -> tuple[dict | None, dict]:
         peft_config=peft_config,
         callbacks=[metrics_logger(cfg.run_dir)],
     )
+    if len(trainer.train_dataset) == 0:  # TRL drops rows whose truncation left no assistant token
+        raise UserError(f"data.sft_dataset: none of {len(train_dataset)} rows keeps an assistant token within "
+                        f"stage.trainer.max_length={args.max_length}; raise it")
 
     # 4. train (resume=true continues from the newest checkpoint in run_dir/checkpoints)
     resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
