@@ -51,13 +51,13 @@ tiny-if: setup
 # each skipped when its run dir is DONE; run dirs in RUNS, where each recipe also finds the runs it
 # starts from). Multi-GPU: ACCELERATE="accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m".
 # The IF win-rates need the paper's judge behind an OpenAI-compatible endpoint: JUDGE_URL=http://HOST:PORT/v1
-# (key in OPENAI_API_KEY); IF_EVAL=paper_if_winrate_authors picks the authors' code's protocol
+# (or RLFT_JUDGE_URL in the environment; key in OPENAI_API_KEY); IF_EVAL=paper_if_winrate_authors picks the authors' code's protocol
 # (200 SmolTalk test prompts vs the base model, sampled) instead of the handout's (the default).
 # PAPER_ARGS go to every command, SFT_ARGS/RM_ARGS/DPO_ARGS/RLOO_ARGS/BON_ARGS to that stage's,
 # SMOLTALK_ARGS/WARMSTART_ARGS/COUNTDOWN_ARGS/UF_PROMPT_ARGS to the cells on that data (make rehearsal
 # shrinks steps, batch sizes, lengths and prompt counts through them); REPORT_NOTE heads both reports.
 RLFT_GPU ?= $(if $(ACCELERATE),$(ACCELERATE) rlft,$(BIN)/rlft)
-JUDGE_URL ?= http://127.0.0.1:8000/v1
+JUDGE_URL ?=
 IF_EVAL ?= paper_if_winrate
 # each policy's evaluation run dir: <policy>_winrate, or <policy>_winrate_authors
 IF_RUN = $(patsubst paper_if_%,%,$(IF_EVAL))
@@ -107,7 +107,7 @@ paper-if: setup
 	for e in paper_if_dpo paper_if_dpo_lora; do $(call cell,$$e,$(DPO_ARGS)) || exit 1; done
 	for e in $(PAPER_IF_RLOO); do $(call cell,$$e,$(RLOO_ARGS) $(UF_PROMPT_ARGS)) || exit 1; done
 	for e in $(PAPER_IF_POLICIES); do $(call bon,$(IF_EVAL),$${e}_$(IF_RUN),init_from=$(RUNS)/$$e/model \
-		judge.base_url=$(JUDGE_URL)) || exit 1; done
+		$(if $(JUDGE_URL),judge.base_url=$(JUDGE_URL))) || exit 1; done
 	$(BIN)/rlft report $(foreach e,$(PAPER_IF_RM),$(RUNS)/$(e)) $(foreach e,$(PAPER_IF_POLICIES),$(RUNS)/$(e)_$(IF_RUN)) \
 		--out $(RUNS)/paper_if_report $(NOTE)
 

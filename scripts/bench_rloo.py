@@ -3,6 +3,7 @@
     python scripts/bench_rloo.py                      # part 1 at Qwen2.5-0.5B shapes + part 2 (CPU: ~10 min)
     python scripts/bench_rloo.py --part 1 --tokens 512 4096
     python scripts/bench_rloo.py --part 2 --steps 8
+    python scripts/bench_rloo.py --part 2 --model qwen --layers 2 --steps 2 --rounds 2   # real width and vocabulary
 
 Part 1: per-token log-probs of N sampled tokens from hidden states (N, 896) and Qwen2.5's lm_head
 (151,936 x 896), forward + backward (the policy's loss pass) and forward only (the old and
@@ -20,7 +21,11 @@ trl.RLOOTrainer, with make demo's trainer config (experiment=tiny_math_rloo: 128
 tokens per step) and one seed (the same samples are drawn): completion tokens/s and the ratio,
 with the paper's KL (beta 0.03: rlft takes the KL's old log-probs from its sampler instead of a
 forward), the same with old_logps=forward (what the kernels alone give), and without KL (beta 0).
-Rounds alternate which trainer runs first; the median ratio is the figure.
+Rounds alternate which trainer runs first; the median ratio is the figure. Each run is its own
+process, so its peak memory (RSS on CPU, allocated on CUDA) is its own. `--model qwen` runs the
+same comparison on Qwen2.5-0.5B's architecture (hidden 896, vocabulary 151,936, the real tokenizer;
+depth --layers, random weights; 16 completions x 24 tokens a step): where the 151,936-wide head
+dominates, as it does for the paper's model.
 On a CUDA box the same script runs the Triton kernels for real.
 """
 
@@ -121,57 +126,92 @@ def part1(token_counts: list[int], dtype: str) -> None:
     print(f"device: {row['rlft']['device']}")
 
 
-def part2(steps: int, rounds: int) -> None:
-    import statistics
+def _policy(model: str, layers: int):
+    """(model dir, composed config) for part 2: make demo's tiny model and RLOO config, or Qwen2.5-0.5B's
+    architecture (width, vocabulary and the real tokenizer; `layers` deep, random weights) on the same
+    prompts with a batch a 2-core box can time: 4 prompts x k=4 = 16 completions x 24 tokens."""
+    from rlft.config import build, compose
 
+    if model == "tiny":
+        cfg = compose(["experiment=tiny_math_rloo"])  # 32 prompts x k=4 = 128 completions x 48 tokens
+        return build(cfg.model.build), cfg
+    from pathlib import Path
+
+    from rlft.rehearsal.models import write_qwen
+
+    folder = Path(os.environ.get("RLFT_CACHE_DIR", "~/.cache/rlft")).expanduser() / f"bench-qwen2.5-0.5b-{layers}l"
+    if not (folder / "model.safetensors").is_file():
+        write_qwen(folder, instruct=False, num_hidden_layers=layers)
+    cfg = compose(["experiment=tiny_math_rloo", "stage.trainer.per_device_train_batch_size=16",
+                   "stage.trainer.max_completion_length=24"])
+    return str(folder), cfg
+
+
+def step_case(name: str, beta: float, old_logps: str, model: str, layers: int, steps: int) -> dict:
+    """Runs in its own process: one trainer, one variant; completion tokens/s and the peak memory."""
     import torch
     import transformers
     import trl
 
     from rlft import models, rewards, rloo
-    from rlft.config import build, compose
+    from rlft.config import build
 
-    cfg = compose(["experiment=tiny_math_rloo"])  # make demo's RLOO step: 32 prompts x k=4, 48 new tokens
-    path = build(cfg.model.build)
+    path, cfg = _policy(model, layers)
     prompts = build(cfg.data.prompt_dataset, n=4096)
     reward = rewards.guarded("countdown", rewards.countdown_reward())
     batch, length = cfg.stage.trainer.per_device_train_batch_size, cfg.stage.trainer.max_completion_length
-    print(f"\n== part 2: RLOO steps on the tiny model ({path}), experiment=tiny_math_rloo's trainer config: "
-          f"{batch} completions x {length} tokens per step; {steps} timed steps after 1 warm-up, {rounds} rounds "
-          f"(trl and rlft alternate), threads={torch.get_num_threads()}")
+    args = build(cfg.stage.trainer, output_dir="/tmp/bench_rloo", max_steps=steps + 1, beta=beta,
+                 save_strategy="no", report_to=[], logging_steps=steps + 1, disable_tqdm=True)
+    args.generation_kwargs = {"min_new_tokens": length}  # every completion the same length in both trainers
+    cls, options = (trl.RLOOTrainer, {}) if name == "trl" else (rloo.RLOOTrainer, {"old_logps": old_logps})
+    trainer = cls(model=models.load_causal_lm(path), reward_funcs=[reward], args=args, train_dataset=prompts,
+                  processing_class=models.load_tokenizer(path), **options)
+    times = []
 
-    def rate(cls, beta, **options) -> float:
-        args = build(cfg.stage.trainer, output_dir="/tmp/bench_rloo", max_steps=steps + 1, beta=beta,
-                     save_strategy="no", report_to=[], logging_steps=steps + 1, disable_tqdm=True)
-        args.generation_kwargs = {"min_new_tokens": length}  # every completion the same length in both trainers
-        trainer = cls(model=models.load_causal_lm(path), reward_funcs=[reward], args=args, train_dataset=prompts,
-                      processing_class=models.load_tokenizer(path), **options)
-        times = []
+    class Clock(transformers.TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            times.append(time.perf_counter())
 
-        class Clock(transformers.TrainerCallback):
-            def on_step_begin(self, *a, **k):
-                times.append(time.perf_counter())
+        def on_step_end(self, *a, **k):
+            times[-1] = time.perf_counter() - times[-1]
 
-            def on_step_end(self, *a, **k):
-                times[-1] = time.perf_counter() - times[-1]
+    trainer.add_callback(Clock())
+    trainer.remove_callback(transformers.PrinterCallback)  # no log dicts between the figures
+    trainer.train()
+    device = next(trainer.model.parameters()).device
+    return {"tokens_per_s": steps * batch * length / sum(times[1:]), "peak_mb": _peak_bytes(device) / 2**20,
+            "batch": batch, "length": length, "path": path, "threads": torch.get_num_threads()}
 
-        trainer.add_callback(Clock())
-        trainer.remove_callback(transformers.PrinterCallback)  # no log dicts between the figures
-        trainer.train()
-        return steps * batch * length / sum(times[1:])
 
-    variants = [("beta 0.03 (paper)", 0.03, {}), ("beta 0.03, old_logps=forward", 0.03, {"old_logps": "forward"}),
-                ("beta 0", 0.0, {})]
-    for label, beta, options in variants:
+def part2(steps: int, rounds: int, model: str, layers: int) -> None:
+    import statistics
+
+    variants = [("beta 0.03 (paper)", 0.03, "sampling"), ("beta 0.03, old_logps=forward", 0.03, "forward"),
+                ("beta 0", 0.0, "sampling")]
+    header = False
+    for label, beta, old_logps in variants:
         ratios, seen = [], {"trl": [], "rlft": []}
         for r in range(rounds):
-            order = [("trl", trl.RLOOTrainer, {}), ("rlft", rloo.RLOOTrainer, options)]
-            for name, cls, opts in order if r % 2 == 0 else order[::-1]:
-                seen[name].append(rate(cls, beta, **opts))
-            ratios.append(seen["rlft"][-1] / seen["trl"][-1])
-        print(f"{label:>30}: stock trl {statistics.median(seen['trl']):7.0f} completion tokens/s | rlft "
-              f"{statistics.median(seen['rlft']):7.0f} | ratio rlft/trl median {statistics.median(ratios):.2f}x "
-              f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})", flush=True)
+            for name in ("trl", "rlft") if r % 2 == 0 else ("rlft", "trl"):  # alternate which runs first
+                out = subprocess.run([sys.executable, __file__, "--step-case", name, str(beta), old_logps, model,
+                                      str(layers), str(steps)], capture_output=True, text=True, env=os.environ)
+                if out.returncode:
+                    sys.exit(f"step case {name} {label} failed:\n{out.stderr[-3000:]}")
+                seen[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            ratios.append(seen["rlft"][-1]["tokens_per_s"] / seen["trl"][-1]["tokens_per_s"])
+        if not header:
+            one = seen["rlft"][0]
+            shape = "make demo's tiny model" if model == "tiny" else f"Qwen2.5-0.5B's width and vocabulary, {layers} layers"
+            print(f"\n== part 2: RLOO steps, {shape} ({one['path']}): {one['batch']} completions x {one['length']} "
+                  f"tokens per step; {steps} timed steps after 1 warm-up, {rounds} rounds (trl and rlft alternate; "
+                  f"each run its own process), threads={one['threads']}")
+            header = True
+        tps = {k: statistics.median(x["tokens_per_s"] for x in v) for k, v in seen.items()}
+        mb = {k: statistics.median(x["peak_mb"] for x in v) for k, v in seen.items()}
+        print(f"{label:>30}: stock trl {tps['trl']:7.0f} completion tokens/s, peak {mb['trl']:6.0f} MB | rlft "
+              f"{tps['rlft']:7.0f}, peak {mb['rlft']:6.0f} MB | ratio rlft/trl median {statistics.median(ratios):.2f}x "
+              f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}), peak memory trl/rlft {mb['trl'] / mb['rlft']:.2f}x",
+              flush=True)
 
 
 def main() -> None:
@@ -179,17 +219,24 @@ def main() -> None:
         path, tokens, backward, dtype = sys.argv[2:6]
         print(json.dumps(one_case(path, int(tokens), bool(int(backward)), dtype)))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--step-case":
+        name, beta, old_logps, model, layers, steps = sys.argv[2:8]
+        print(json.dumps(step_case(name, float(beta), old_logps, model, int(layers), int(steps))))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", type=int, choices=(1, 2))
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="tiny", choices=("tiny", "qwen"),
+                        help="part 2's policy: make demo's tiny model, or Qwen2.5-0.5B's width and vocabulary")
+    parser.add_argument("--layers", type=int, default=2, help="--model qwen: depth (the published model has 24)")
     args = parser.parse_args()
     if args.part in (None, 1):
         part1(args.tokens, args.dtype)
     if args.part in (None, 2):
-        part2(args.steps, args.rounds)
+        part2(args.steps, args.rounds, args.model, args.layers)
 
 
 if __name__ == "__main__":
