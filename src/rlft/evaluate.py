@@ -40,8 +40,8 @@ def generate(
     instead (same strings, same grouping).
     """
     if hasattr(model, "generate_texts"):
-        extra = {k: v for k, v in (("top_p", top_p), ("repetition_penalty", repetition_penalty)) if v != 1.0}
-        return model.generate_texts(prompts, max_new_tokens, do_sample, temperature, num_return_sequences, **extra)
+        return model.generate_texts(prompts, max_new_tokens, do_sample, temperature, num_return_sequences, top_p,
+                                    repetition_penalty)
     import torch
     from tqdm.auto import tqdm
 

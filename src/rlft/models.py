@@ -332,10 +332,11 @@ class VLLMPolicy:
         self.stop_ids = stop_ids
 
     def generate_texts(self, prompts: list[str], max_new_tokens: int, do_sample: bool, temperature: float,
-                       num_return_sequences: int) -> list[str]:
+                       num_return_sequences: int, top_p: float = 1.0, repetition_penalty: float = 1.0) -> list[str]:
         from vllm import SamplingParams
 
         params = SamplingParams(n=num_return_sequences, temperature=temperature if do_sample else 0.0,
+                                top_p=top_p if do_sample else 1.0, repetition_penalty=repetition_penalty,
                                 max_tokens=max_new_tokens, stop_token_ids=self.stop_ids)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [c.text for out in outputs for c in out.outputs]  # grouped by prompt, like transformers

@@ -156,7 +156,7 @@ class Policy:
     def __init__(self):
         self.max_new_tokens = []
 
-    def generate_texts(self, prompts, max_new_tokens, do_sample, temperature, n):
+    def generate_texts(self, prompts, max_new_tokens, do_sample, temperature, n, top_p=1.0, repetition_penalty=1.0):
         self.max_new_tokens.append(max_new_tokens)
         out = []
         for prompt in prompts:
