@@ -321,3 +321,46 @@ def test_guarded_reward_contract():
     assert seen == [("unscorable/x", 2)]
     assert guarded("y", lambda prompts, completions, **k: [1.0])(["p"] * 2, ["c"] * 2) == [None, None]
     assert guarded("x", _reward).__name__ == "x"
+
+
+def test_pass_at_k_objective_anneals_k_and_logs_what_it_climbs(tiny_base, tmp_path, monkeypatch):
+    """objective=pass_at_k: each step's advantages come from the kernel with that step's k of the
+    schedule (4, 4, then 1), the log shows k and the max@k estimate; k = 1 trains exactly as RLOO."""
+    from rlft import models
+
+    seen, real = [], rloo.rloo_advantages
+    monkeypatch.setattr(rloo, "rloo_advantages",
+                        lambda *a, **kw: seen.append((kw["pass_k"], *real(*a, **kw))) or seen[-1][1:])
+    sgd = {"optim": "sgd", "learning_rate": 0.05, "max_grad_norm": 0.0, "normalize": False}
+    trainer, _ = _run(rloo.RLOOTrainer, tiny_base, tmp_path / "pk", 0.0, objective="pass_at_k",
+                      pass_k_schedule=[[0, 4], [2, 1]], **sgd)
+    assert [k for k, *_ in seen] == [4, 4, 1]
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    assert [r["pass_k"] for r in logs] == [4, 4, 1]
+    assert all(r["reward_max_at_k"] >= r["reward"] - 1e-6 for r in logs)  # the best of 4 beats the mean
+    for k, adv, _ in seen[:2]:  # k = n: only each prompt's best sample, by its margin over the runner-up
+        assert ((adv.view(-1, 4) != 0).sum(1) <= 1).all() and (adv >= 0).all() and adv.max() > 0
+    assert (seen[2][1] < 0).any()  # k = 1: RLOO's centred advantages
+
+    mean, _ = _run(rloo.RLOOTrainer, tiny_base, tmp_path / "mean", 0.0, **sgd)
+    k1, _ = _run(rloo.RLOOTrainer, tiny_base, tmp_path / "k1", 0.0, objective="pass_at_k", pass_k=1, **sgd)
+    start = torch.cat([p.detach().flatten() for p in models.load_causal_lm(tiny_base).parameters()])
+    assert ((_weights(k1) - _weights(mean)).norm() / (_weights(mean) - start).norm()).item() < REL
+    assert ((_weights(trainer) - _weights(mean)).norm() / (_weights(mean) - start).norm()).item() > 0.01
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"objective": "pass@k"}, "stage.algorithm.objective: 'pass@k' is not one of mean, pass_at_k"),
+    ({"objective": "pass_at_k"}, "needs stage.algorithm.pass_k"),
+    ({"objective": "pass_at_k", "pass_k": 5}, "stage.algorithm.pass_k: 5 is not an integer in 1..num_generations (4)"),
+    ({"objective": "pass_at_k", "pass_k_schedule": [[10, 4], [20, 1]]}, "steps [10, 20] must start at 0"),
+    ({"objective": "pass_at_k", "pass_k_schedule": [[0, 4], [5]]}, "pass_k_schedule: None is not an integer"),
+    ({"pass_k": 2}, "need stage.algorithm.objective=pass_at_k"),
+])
+def test_bad_objective_settings_are_named(options, message):
+    from rlft.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        rloo.pass_k_schedule_from(options.get("objective", "mean"), options.get("pass_k"),
+                                  options.get("pass_k_schedule"), 4)
+    assert message in str(e.value)

@@ -8,7 +8,9 @@ What changes against stock trl.RLOOTrainer, and nothing else:
    rlft.kernels.linear_logprobs (chunked online log-sum-exp, never the [tokens, vocab] logits).
    Models it does not cover (logit soft-capping or scaling, an lm_head bias or adapter, ZeRO-3
    partitioned weights) keep TRL's own fused head.
-2. Advantages. KL penalty, leave-one-out baseline and normalisation are one rloo_advantages launch.
+2. Advantages. KL penalty, leave-one-out baseline and normalisation are one rloo_advantages launch;
+   `objective="pass_at_k"` makes them climb pass@k / max@k (PKPO, arXiv 2505.15201) instead of the
+   mean reward, with k fixed (`pass_k`) or annealed over steps (`pass_k_schedule`).
 3. On-policy (one iteration, every generation consumed before the optimizer steps), TRL's extra
    no-grad forward for the "old" log-probs is skipped: the policy has not moved since sampling,
    so old == current and the loss uses current.detach() (ratio exp(0) = 1, same gradient). With a
@@ -50,7 +52,9 @@ from trl.trainer.rloo_trainer import (  # the names the copied methods use, from
 )
 from trl.trainer.utils import FusedCausalLMOutput
 
+from rlft.errors import UserError
 from rlft.kernels import linear_logprobs, rloo_advantages
+from rlft.kernels.rloo_advantage import max_at_k
 from rlft.sampling import RecordingSampler, repeated_rows, shareable
 
 COPIED_FROM_TRL = ("_generate_and_score_completions", "_compute_loss")
@@ -139,15 +143,50 @@ def _shared_prompt_hidden(model, input_ids=None, attention_mask=None, labels=Non
     return hidden, labels[:, prefix:]
 
 
+def pass_k_schedule_from(objective: str, pass_k, schedule, num_generations: int) -> list[tuple[int, int]] | None:
+    """[(first step, k), ...] for objective="pass_at_k", None for "mean"; a bad value names its key."""
+    key = "stage.algorithm"
+    if objective not in ("mean", "pass_at_k"):
+        raise UserError(f"{key}.objective: {objective!r} is not one of mean, pass_at_k")
+    if objective == "mean":
+        if pass_k is not None or schedule is not None:
+            raise UserError(f"{key}.pass_k / pass_k_schedule need {key}.objective=pass_at_k")
+        return None
+    if (pass_k is None) == (schedule is None):
+        raise UserError(f"{key}.objective=pass_at_k needs {key}.pass_k (a k) or {key}.pass_k_schedule "
+                        "([[step, k], ...]), one of the two")
+    name = f"{key}.pass_k" if schedule is None else f"{key}.pass_k_schedule"
+    pairs = [(0, pass_k)] if schedule is None else [
+        tuple(p) if hasattr(p, "__len__") and len(p) == 2 else (None, None) for p in schedule]
+    for start, k in pairs:
+        if not (isinstance(k, int) and 1 <= k <= num_generations):
+            raise UserError(f"{name}: {k!r} is not an integer in 1..num_generations ({num_generations}): "
+                            "pass@k is estimated from a prompt's num_generations samples")
+        if not (isinstance(start, int) and start >= 0):
+            raise UserError(f"{key}.pass_k_schedule: {start!r} is not a step (entries are [step, k])")
+    starts = [start for start, _ in pairs]
+    if starts[0] != 0 or starts != sorted(set(starts)):
+        raise UserError(f"{key}.pass_k_schedule: steps {starts} must start at 0 and increase")
+    return pairs
+
+
 class RLOOTrainer(trl.RLOOTrainer):
     """trl.RLOOTrainer with rlft's fused log-prob kernel, one-launch advantages and, on-policy, no
     separate old-log-prob forward. Same constructor and config (trl.RLOOConfig), plus
-    `old_logps`: "sampling" (the KL's old log-probs recorded while sampling) or "forward" (TRL's pass)."""
+    `old_logps`: "sampling" (the KL's old log-probs recorded while sampling) or "forward" (TRL's pass);
+    `objective`: "mean" (RLOO: the mean reward) or "pass_at_k" (max@k of a prompt's samples: pass@k
+    for 0/1 rewards), with `pass_k` (k <= num_generations) and optionally `pass_k_schedule`, a list of
+    [step, k] pairs: k from that optimizer step on (annealing, e.g. [[0, 8], [100, 1]]).
 
-    def __init__(self, *args, old_logps: str = "sampling", **kwargs):
+        rlft train experiment=tiny_math_rloo +stage.algorithm.objective=pass_at_k +stage.algorithm.pass_k=4
+    """
+
+    def __init__(self, *args, old_logps: str = "sampling", objective: str = "mean", pass_k: int | None = None,
+                 pass_k_schedule: list | None = None, **kwargs):
         if old_logps not in ("sampling", "forward"):
             raise ValueError(f"old_logps must be 'sampling' or 'forward', got {old_logps!r}")
         super().__init__(*args, **kwargs)
+        self.pass_k_schedule = pass_k_schedule_from(objective, pass_k, pass_k_schedule, self.num_generations)
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
         self.fused_lm_head = add_fused_lm_head(policy, self.temperature, with_entropy=True)
         if self.ref_model is not None:
@@ -165,6 +204,12 @@ class RLOOTrainer(trl.RLOOTrainer):
             self.sampler = RecordingSampler(self.temperature)
         self._sampling_logps = None
         self.old_logps_source = "unused" if self.skip_old_logps else "sampler" if self.sampler else "forward"
+
+    def current_pass_k(self) -> int | None:
+        """k of pass@k at this optimizer step (None: mean-reward RLOO); a function of the step, so resume-exact."""
+        if self.pass_k_schedule is None:
+            return None
+        return [k for start, k in self.pass_k_schedule if start <= self.state.global_step][-1]
 
     # Exact resume: TRL samples anew when `_step % (steps_per_generation * num_iterations) == 0` or its
     # buffer is empty, and `_step` restarts at 0 after a resume, so a checkpoint inside a generation
@@ -412,10 +457,14 @@ class RLOOTrainer(trl.RLOOTrainer):
         kl = None
         if self.beta != 0.0 and self.accelerator.num_processes > 1:
             kl = gather((per_token_kl * completion_mask).sum(-1))
+        pass_k = self.current_pass_k() if mode == "train" else None
         advantages, kl = rloo_advantages(
             rewards, num_generations, self.beta, old_per_token_logps, ref_per_token_logps, completion_mask, kl=kl,
-            normalize=self.normalize_advantages,
+            normalize=self.normalize_advantages, pass_k=pass_k,
         )
+        if pass_k is not None:  # the objective being climbed: unbiased max@k of each prompt's samples
+            self._metrics[mode]["pass_k"].append(pass_k)
+            self._metrics[mode]["reward_max_at_k"].append(torch.nanmean(max_at_k(rewards, num_generations, pass_k)).item())
         if self.beta != 0.0:
             rewards = rewards - self.beta * kl  # what upstream's reward-std metric below sees
         # --- rlft: end

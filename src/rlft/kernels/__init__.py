@@ -5,7 +5,7 @@ reference is also the CPU path. Triton is imported inside functions, so rlft imp
     linear_logprob   per-token log-probs (and entropy) from hidden states and the lm_head weight,
                      never materialising the [tokens, vocab] logits; backward included
     rloo_advantage   per-sequence KL, reward - beta*KL, NaN-aware leave-one-out baseline,
-                     optional normalisation, in one launch
+                     optional normalisation, in one launch; or pass@k / max@k advantages (pass_k)
 """
 
 from rlft.kernels.linear_logprob import linear_logprobs

@@ -85,6 +85,8 @@ def main(cfg) -> tuple[dict | None, dict]:
         "train_prompts": len(train_dataset),
         "steps": trainer.state.global_step,
         "k": args.num_generations,
+        "objective": cfg.stage.algorithm.get("objective", "mean"),  # mean | pass_at_k (rlft.rloo)
+        **({"pass_k": [list(p) for p in trainer.pass_k_schedule]} if getattr(trainer, "pass_k_schedule", None) else {}),
         "beta": args.beta,
         "learning_rate": args.learning_rate,
         "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
