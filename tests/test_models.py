@@ -16,7 +16,7 @@ def test_tiny_build_is_deterministic_cached_and_reloads_as_qwen2(tmp_path):
     a = Path(models.build_tiny_causal_lm(str(tmp_path / "a"), **SMALL))
     b = Path(models.build_tiny_causal_lm(str(tmp_path / "b"), **SMALL))
     assert a.name == b.name  # same arguments, same cache key
-    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+    for name in ("model.safetensors", "tokenizer.json", "config.json", models.MANIFEST):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     mtime = (a / "model.safetensors").stat().st_mtime_ns
     assert models.build_tiny_causal_lm(str(tmp_path / "a"), **SMALL) == str(a)  # cached, not rebuilt

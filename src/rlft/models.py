@@ -4,17 +4,25 @@
 tokenizer trained here with Qwen2Tokenizer's own normaliser and pre-tokeniser (so transformers
 reloads it as Qwen2Tokenizer with the same ids), cached under `cache_dir`. `model=qwen2_5_0_5b`
 names the real hub model; both then go through `load_causal_lm`.
+
+Every build is verified against its manifest on every use and rebuilt when damaged
+(`_cached_build`); every model dir loaded is checked for its kind, so a reward model never
+becomes a policy with a random LM head nor a causal LM a reward model with a random score head
+(`rlft.modelkind`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
+from rlft import modelkind
 from rlft.errors import UserError
 
 # ChatML, as Qwen2.5 renders it, with {% generation %} around what the assistant says so TRL can
@@ -31,7 +39,7 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-TINY_BUILD_VERSION = 2  # bump when the builder's output changes for the same arguments
+TINY_BUILD_VERSION = 3  # bump when the builder's output changes for the same arguments (3: manifest.json)
 
 
 def _tiny_corpus() -> list[str]:
@@ -87,32 +95,105 @@ def _train_tokenizer(vocab_size: int):
     return qwen
 
 
+MANIFEST = "manifest.json"  # every other file of a build: size and sha256; written last
+_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
 def _cached_build(cache_dir: str, prefix: str, kwargs: dict, build) -> str:
     """Run `build(tmp_dir)` once per argument set; return the cached directory.
 
     The directory name hashes every argument, so a changed preset never reuses a stale build.
     It is written to a temporary directory and renamed into place under a file lock, so parallel
     ranks and interrupted builds never see a half-written model.
+
+    Every use verifies the build against its manifest (manifest.json: each file's size and
+    sha256, written after every other file). A build that fails (a file deleted, truncated or
+    changed; no manifest) is rebuilt, with one line on stderr naming it: the build is local and
+    deterministic, so rebuilding gives back exactly what was there, where refusing would only
+    make the user delete the dir by hand. Without tokenizer.json, transformers would load a
+    3-token tokenizer that encodes every text the same, and the run would train on nothing.
+    A cache dir that cannot be written (read-only, no permission, full) when a build is needed
+    is a UserError naming it; an intact build in a read-only cache dir is used as it is.
     """
     kwargs = {**kwargs, "version": TINY_BUILD_VERSION}
     digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:10]
     out = Path(cache_dir).expanduser() / f"{prefix}-{digest}"
-    if (out / "config.json").exists():
+    problem = _verify_build(out)
+    if problem is None:
         return str(out)
 
     from filelock import FileLock
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if (out / "config.json").exists():
-            return str(out)
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-        build(tmp)
-        (tmp / "build.json").write_text(json.dumps(kwargs, indent=2, sort_keys=True) + "\n")
-        if out.exists():  # a partial build from an older, unlocked writer
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(out) + ".lock"):
+            problem = _verify_build(out)
+            if problem is None:
+                return str(out)
+            if out.exists():
+                print(f"rlft: cached build {out} is damaged ({problem}); rebuilding it (a deterministic local build)",
+                      file=sys.stderr, flush=True)
+            tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+            build(tmp)
+            (tmp / "build.json").write_text(json.dumps(kwargs, indent=2, sort_keys=True) + "\n")
+            _write_manifest(tmp)  # last: a dir with a valid manifest is complete
+            if out.exists():  # the damaged build, or a partial one from an older, unlocked writer
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+            tmp = None
+    except OSError as e:
+        if e.errno not in _UNWRITABLE:
+            raise
+        what = f"{out.name} is damaged ({problem}) and cannot be rebuilt" if out.exists() else \
+            f"cannot build {out.name} there"
+        raise UserError(f"cache_dir {str(out.parent)!r}: {what} ({os.strerror(e.errno)}); "
+                        "set cache_dir=DIR (or RLFT_CACHE_DIR) to a writable dir") from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    staged = folder / (MANIFEST + ".partial")
+    with open(staged, "w") as f:
+        json.dump({"files": files}, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(staged, folder / MANIFEST)
+
+
+def _verify_build(folder: Path) -> str | None:
+    """None if `folder` holds a complete, intact build; else what is wrong with it."""
+    if not folder.exists():
+        return "missing"
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST}: an interrupted or older build"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST} unreadable: {type(e).__name__}"
+    for name, want in sorted(files.items()):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} missing"
+        size = path.stat().st_size
+        if size != want["size"]:
+            return f"{name} is {size} bytes, expected {want['size']}"
+        if _sha256(path) != want["sha256"]:
+            return f"{name} content changed (sha256)"
+    return None
 
 
 def build_tiny_causal_lm(
@@ -220,6 +301,10 @@ def load_tokenizer(path: str, chat_template: str | None = "chatml"):
     from transformers import AutoTokenizer
 
     tokenizer = _from_pretrained(AutoTokenizer, path)
+    sample = tokenizer.encode("Numbers: 3 7 12. Target: 16. Hello world", add_special_tokens=False)
+    if len(set(sample)) < 2:  # e.g. tokenizer.json gone: transformers falls back to the special tokens alone
+        raise UserError(f"model {path!r}: its tokenizer is incomplete ({len(tokenizer)} tokens; every text encodes "
+                        f"to {sample}): is tokenizer.json (or vocab.json and merges.txt) missing?")
     if chat_template == "chatml":
         tokenizer.chat_template = CHATML_TEMPLATE
     if tokenizer.pad_token is None:
@@ -228,7 +313,9 @@ def load_tokenizer(path: str, chat_template: str | None = "chatml"):
 
 
 def load_causal_lm(path: str, dtype: str = "float32", quantization: str | None = None, **kwargs):
-    """AutoModelForCausalLM from a local dir or hub id; `quantization="4bit"` for QLoRA."""
+    """AutoModelForCausalLM from a local dir or hub id; `quantization="4bit"` for QLoRA. A dir of
+    another kind (a reward model, a reward model's LoRA adapter) or a checkpoint missing weights
+    is refused with one line: they would train or sample with random weights (rlft.modelkind)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -243,19 +330,40 @@ def load_causal_lm(path: str, dtype: str = "float32", quantization: str | None =
         )
     elif quantization:
         raise UserError(f"model.quantization: unknown value {quantization!r} (use null or 4bit)")
-    return _from_pretrained(AutoModelForCausalLM, path, dtype=getattr(torch, dtype), **kwargs)
+    return _load_model(AutoModelForCausalLM, path, modelkind.CAUSAL_LM, dtype=getattr(torch, dtype), **kwargs)
+
+
+def _load_model(cls, path: str, expected: str, new_head_ok: bool = False, **kwargs):
+    """cls.from_pretrained, refusing a dir of the wrong kind before loading and a model that
+    loaded with weights missing after (rlft.modelkind)."""
+    modelkind.check_dir(path, expected)
+    model, info = _from_pretrained(cls, path, output_loading_info=True, **kwargs)
+    modelkind.check_loaded(path, model, info, expected, new_head_ok)
+    return model
+
+
+def _hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (HF_HUB_OFFLINE=1): no request, no retries."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
 def _from_pretrained(cls, path: str, **kwargs):
-    """cls.from_pretrained with the one-line error a user needs when the model is not there."""
+    """cls.from_pretrained with the one-line error a user needs when the model is not there.
+    Without HF_HUB_OFFLINE and without a network, huggingface_hub retries for about a minute
+    before it fails: the error says that HF_HUB_OFFLINE=1 skips the wait."""
+    from safetensors import SafetensorError
+
     try:
         return cls.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if Path(path).is_dir():
-            raise UserError(f"model {path!r}: cannot load ({str(e).splitlines()[0]})") from e
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        why = "not a local directory and the hub is offline (HF_HUB_OFFLINE=1)" if offline else str(e).splitlines()[0]
-        raise UserError(f"model {path!r} not found: {why}") from e
+            raise UserError(f"model {path!r}: cannot load ({first})") from e
+        if _hub_offline():
+            raise UserError(f"model {path!r} not found: not a local directory and the hub is offline "
+                            "(HF_HUB_OFFLINE=1)") from e
+        raise UserError(f"model {path!r} not found: {first} (no network? HF_HUB_OFFLINE=1 skips the hub's "
+                        "retries and fails at once)") from e
 
 
 def merge_adapter(base_path: str, adapter_dir: str, dtype: str = "float32"):
@@ -306,12 +414,16 @@ def _remove_dirs(*paths: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load_reward_model(path: str, dtype: str = "float32"):
-    """AutoModelForSequenceClassification with one output (a scalar reward)."""
+def load_reward_model(path: str, dtype: str = "float32", scoring: bool = False):
+    """AutoModelForSequenceClassification with one output (a scalar reward). A causal-LM dir is
+    refused (its score head would be random); a base backbone (distilbert-base-uncased) loads
+    with a new head, which stage=rm then trains, unless `scoring` (the model only scores: a new
+    head would be random) (rlft.modelkind)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    model = _from_pretrained(AutoModelForSequenceClassification, path, dtype=getattr(torch, dtype), num_labels=1)
+    model = _load_model(AutoModelForSequenceClassification, path, modelkind.REWARD_MODEL, dtype=getattr(torch, dtype),
+                        num_labels=1, new_head_ok=not scoring)
     if model.config.pad_token_id is None:  # last-token pooling needs to find the padding
         model.config.pad_token_id = model.config.eos_token_id
     return model
@@ -323,6 +435,7 @@ class VLLMPolicy:
     the same schema. Only generation goes through vLLM; nothing is trained."""
 
     def __init__(self, path: str, dtype: str, stop_ids: list[int], seed: int):
+        modelkind.check_dir(path, modelkind.CAUSAL_LM)
         try:
             from vllm import LLM
         except ImportError:

@@ -87,7 +87,7 @@ def load_scorer(path: str, fmt: str, dtype: str = "float32"):
     """A trained reward model and its tokenizer, ready for `score` (ChatML template for `chat`)."""
     from rlft import models
 
-    model = models.load_reward_model(path, dtype)
+    model = models.load_reward_model(path, dtype, scoring=True)
     model.eval()
     return model, models.load_tokenizer(path, chat_template="chatml" if fmt == "chat" else None)
 
