@@ -26,6 +26,13 @@ def _files(tmp):
         for f in files:
             (tmp / name / f).write_text("")
     (tmp / "unfinished" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    # rows that all parse but hold nothing to learn from
+    write_jsonl(tmp / "blank.jsonl", [{"query": "", "completion": ""}, {"query": "  ", "completion": "\n"}])
+    write_jsonl(tmp / "blank_chat.jsonl", [{"messages": [{"role": "user", "content": ""},
+                                                         {"role": "assistant", "content": ""}]}] * 3)
+    empty_turn = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
+    write_jsonl(tmp / "blank_pairs.jsonl", [{"chosen": empty_turn, "rejected": empty_turn, "score_chosen": 1.0,
+                                             "score_rejected": 0.0}] * 2)
 
 
 WARM = "data=countdown_warmstart"
@@ -76,6 +83,19 @@ CATALOGUE = [
     ("SFT length leaving no assistant token", ["data=countdown_tiny", "init_from={base}", "data.sft_dataset.n=8",
                                                "stage.trainer.max_length=4"],
      "data.sft_dataset: none of 8 rows keeps an assistant token within stage.trainer.max_length=4"),
+    ("negative seed", ["seed=-1", "data.sft_dataset.n=8"], "seed=-1: a seed is an integer from 0 to 4294967295"),
+    ("negative seed, no trainer", ["stage=bon", "data=countdown", "init_from={base}", "seed=-5"], "seed=-5: a seed"),
+    ("max_steps=0", ["max_steps=0", "data=countdown_tiny", "data.sft_dataset.n=8"], "max_steps=0: set a number of optimizer steps >= 1, or -1 to train "
+                                     "stage.trainer.num_train_epochs"),
+    ("bon sampling at temperature 0", ["stage=bon", "data=countdown", "init_from={base}", "temperature=0", "n=4",
+                                       "num_prompts=2"], "temperature=0 with n=4: stage=bon samples n answers"),
+    ("data file whose rows are all empty (query/completion)", [WARM, "data.sft_dataset.path={tmp}/blank.jsonl"],
+     "blank.jsonl: no usable rows: all 2 rows dropped (2 empty turn)"),
+    ("data file whose rows are all empty (chats)", ["data=smoltalk", "data.sft_dataset.path={tmp}/blank_chat.jsonl"],
+     "blank_chat.jsonl: no usable rows: all 3 rows dropped (3 empty turn)"),
+    ("data file whose rows are all empty (preference pairs)", ["stage=dpo", "data=ultrafeedback",
+                                                               "data.preference_dataset.path={tmp}/blank_pairs.jsonl"],
+     "blank_pairs.jsonl: no usable rows: all 2 rows dropped (2 empty turn)"),
     ("judge reward model path unset", ["stage=bon", "data=ifcheck", "judge=rm", "init_from={base}",
                                        "reference={base}", "num_prompts=2"], "judge.path"),
 ]

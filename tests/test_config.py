@@ -121,6 +121,33 @@ def test_half_precision_weights_under_the_optimizer_are_refused(overrides, key):
     config.validate(config.compose(["stage=bon", "model.dtype=bfloat16"]))  # nothing trained
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["seed=-1"], "seed=-1: a seed is an integer from 0 to 4294967295"),
+    (["seed=4294967296"], "seed=4294967296: a seed"),  # numpy's range ends at 2**32 - 1
+    (["stage=bon", "seed=-3"], "seed=-3: a seed"),  # no trainer: set_seed would still get it
+    (["stage=rloo", "stage.trainer.seed=-2"], "stage.trainer.seed=-2: a seed"),  # set apart: named as itself
+    (["max_steps=0"], "max_steps=0: set a number of optimizer steps >= 1, or -1"),
+    (["stage=dpo", "max_steps=-4"], "max_steps=-4: set a number"),
+    (["stage=rm", "stage.trainer.max_steps=0"], "stage.trainer.max_steps=0: set a number"),
+    (["stage=bon", "temperature=0"], "temperature=0 with n=16: stage=bon samples n answers per prompt at "
+                                     "`temperature`; all n=16 samples per prompt would be the same greedy answer"),
+    (["stage=bon", "temperature=-0.5", "n=1"], "temperature=-0.5 with n=1: "),
+    (["stage=bon", "decoding.do_sample=true", "decoding.temperature=0"],
+     "decoding.temperature=0 with decoding.do_sample=true: sampling needs a temperature > 0"),
+])
+def test_seed_max_steps_and_sampling_temperature_are_checked_before_any_work(overrides, message):
+    with pytest.raises(UserError) as e:
+        config.validate(config.compose(overrides))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [["max_steps=-1"], ["max_steps=1"], ["seed=0"], ["seed=4294967295"],
+                                       ["stage=bon", "temperature=0.7", "n=4"],
+                                       ["stage=bon", "decoding.temperature=0"]])  # greedy decoding: unused
+def test_the_edges_that_mean_something_still_validate(overrides):
+    config.validate(config.compose(overrides))
+
+
 def test_paper_recipes_find_earlier_runs_under_runs_dir():
     """`make RUNS=elsewhere`: every run dir a recipe writes or reads (init_from, reward.path) moves."""
     import subprocess

@@ -138,6 +138,34 @@ def test_ultrafeedback_schema_errors_name_the_row(tmp_path):
         data.ultrafeedback_preference_dataset(str(path))
 
 
+def test_rows_with_nothing_to_learn_are_dropped_and_counted_and_a_file_of_only_those_refused(tmp_path):
+    """An empty query, completion, prompt, chosen or rejected text is dropped and counted, as SmolTalk's
+    empty turns are; a file whose rows are all empty stops with one line naming it."""
+    warm = write_jsonl(tmp_path / "warm.jsonl", [{"query": "q", "completion": "c"}, {"query": "", "completion": "c"},
+                                                 {"query": "q", "completion": "  "}])
+    ds = data.query_completion_sft_dataset(str(warm))
+    assert len(ds) == 1 and data.dropped_rows(ds) == "2 of 3 (2 empty turn)"
+    blank = write_jsonl(tmp_path / "blank.jsonl", [{"query": "", "completion": ""}] * 4)
+    with pytest.raises(UserError) as e:
+        data.query_completion_sft_dataset(str(blank))
+    assert str(e.value) == f"{blank}: no usable rows: all 4 rows dropped (4 empty turn)"
+
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": ""},
+                                                                 {"role": "assistant", "content": ""}]}] * 2)
+    with pytest.raises(UserError, match=rf"^{chats}: no usable rows: all 2 rows dropped \(2 empty turn\)$"):
+        data.first_turn_sft_dataset(str(chats), min_kept_fraction=0.0)  # however low the bar
+
+    empty = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        ultrafeedback_row(0), ultrafeedback_row(1, chosen=empty),
+        ultrafeedback_row(2, rejected=[{"role": "user", "content": "q2"}, {"role": "assistant", "content": " "}])])
+    ds = data.ultrafeedback_preference_dataset(str(pairs))
+    assert [r["chosen"][0]["content"] for r in ds] == ["good"] and ds.dropped == {"empty turn": 2}
+    only_empty = write_jsonl(tmp_path / "only_empty.jsonl", [ultrafeedback_row(0, chosen=empty, rejected=empty)])
+    with pytest.raises(UserError, match=rf"^{only_empty}: no usable rows: all 1 rows dropped"):
+        data.ultrafeedback_preference_dataset(str(only_empty))
+
+
 def test_ultrafeedback_train_gen_prompts(tmp_path):
     path = write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "Tell me a joke."}, {"prompt": "  "}])
     with pytest.raises(UserError, match=r"gen.jsonl: row 1: 'prompt' must be non-empty text"):

@@ -17,6 +17,7 @@ from rlft.metrics import win_rate
 from rlft.tasks import ifcheck
 
 TINY = 0.001  # retry backoff in tests: real retries, no real waiting
+DRIP, DRIP_FOR = 0.25, 40.0  # the dripping modes: a byte every DRIP s, for at most DRIP_FOR s
 KEY_ENV = "RLFT_TEST_JUDGE_KEY"
 
 
@@ -35,8 +36,7 @@ def no_proxy_no_key(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 
-@pytest.fixture
-def server():
+def _serve(redirect_to: str | None = None):
     """A chat-completions endpoint on 127.0.0.1; the first path segment picks how it behaves:
       length    reward from the assistant content's length (small varying delays reorder replies)
       echo      the assistant content itself as the reply
@@ -51,12 +51,22 @@ def server():
                 "boom" is answered HTTP 500 once first (S may be "none": no Retry-After header)
       quota     always HTTP 429 with "Retry-After: 0"
       pace      "a": HTTP 429 with "Retry-After: 0.25" once; "b": length after 0.1 s; others: length
+      moved-C   HTTP C (301, 302, 303, 307, 308) to `redirect_to` (another server's length endpoint)
+      dripbody  headers at once, then the body one byte every DRIP s (never the whole of it)
+      driphead  the status line, then header bytes one every DRIP s (never the end of the headers)
+    GETs (what urllib turns a redirected POST into) are recorded too, with their headers.
     Yields (root URL, state with per-mode call counts, the peak in flight and the requests seen).
     After each test, checks that no request ever carried a system turn (every prompt here has one)."""
     state = types.SimpleNamespace(lock=threading.Lock(), calls=collections.Counter(), in_flight=0, peak=0,
-                                  seen=[], per_text=collections.Counter())
+                                  seen=[], per_text=collections.Counter(), stop=threading.Event())
 
     class Endpoint(BaseHTTPRequestHandler):
+        def do_GET(self):
+            with state.lock:
+                state.seen.append({"mode": "GET", "path": self.path, "body": None,
+                                   "auth": self.headers.get("Authorization"), "t": time.monotonic()})
+            self.reply(405, b'{"error": "POST only"}')
+
         def do_POST(self):
             mode, _, rest = self.path.strip("/").partition("/")
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -70,6 +80,8 @@ def server():
                                    "t": time.monotonic()})
                 state.in_flight += 1
                 state.peak = max(state.peak, state.in_flight)
+            if mode.startswith("drip"):
+                return self.drip(mode)
             try:
                 status, payload, *headers = self.answer(mode, n, text, n_text)
             finally:
@@ -116,9 +128,29 @@ def server():
                     return 429, b'{"error": "rate limit"}', {"Retry-After": "0.25"}
                 time.sleep(0.1 if text == "b" else 0)
                 return 200, chat(f"reward:{length_reward(text)}")
+            if mode.startswith("moved-"):
+                return int(mode[6:]), b"{}", {"Location": f"{redirect_to}/chat/completions"}
             if mode == "quota":
                 return 429, b'{"error": "quota exhausted"}', {"Retry-After": "0"}
             return 404, b"{}"
+
+        def drip(self, mode: str):
+            """Never finishes: a byte every DRIP s until the client goes away (or DRIP_FOR s pass, so a
+            judge that waits for ever fails this test instead of hanging it)."""
+            with state.lock:
+                state.in_flight -= 1
+            try:
+                if mode == "dripbody":
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                     b"Content-Length: 100000\r\n\r\n")
+                else:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+                end = time.monotonic() + DRIP_FOR
+                while time.monotonic() < end and not state.stop.wait(DRIP):
+                    self.wfile.write(b" ")
+            except (BrokenPipeError, ConnectionResetError):  # the judge gave up: what it should do
+                pass
+            self.close_connection = True
 
         def reply(self, status: int, payload: bytes, headers: dict | None = None):
             try:
@@ -139,10 +171,25 @@ def server():
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)  # quick shutdown
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", state
+    state.stop.set()
     httpd.shutdown()
     httpd.server_close()
     # the paper's judge is sent the user turn and the assistant turn only
-    assert all([m["role"] for m in req["body"]["messages"]] == ["user", "assistant"] for req in state.seen)
+    assert all([m["role"] for m in req["body"]["messages"]] == ["user", "assistant"] for req in state.seen
+               if req["body"] is not None)
+
+
+@pytest.fixture
+def other_server():
+    """A second endpoint, on another port: where `server`'s moved-C modes point."""
+    yield from _serve()
+
+
+@pytest.fixture
+def server(other_server):
+    yield from _serve(redirect_to=f"{other_server[0]}/length")
+
+
 
 
 def prompts_for(n: int) -> list[list[dict]]:
@@ -289,9 +336,42 @@ def test_closed_port_is_unreachable_fast():
 
 def test_timeout_is_retried_then_unreachable(server):
     root, state = server
-    with pytest.raises(UserError, match=f"judge endpoint {root}/hang unreachable: .*timed out"):
+    with pytest.raises(UserError, match=f"judge endpoint {root}/hang unreachable: timed out.*timeout=0.2 s"):
         scores(f"{root}/hang", ["abc"], timeout=0.2, max_retries=1)
     assert state.calls["hang"] == 2
+
+
+@pytest.mark.parametrize("mode", ["dripbody", "driphead"])
+def test_an_endpoint_that_drips_is_given_up_on_at_the_timeout(server, mode):
+    """A reply dribbling a byte every 0.25 s never trips a per-read timeout of 1 s; the judge's
+    timeout bounds each attempt as a whole, so it gives up, naming the URL and the timeout."""
+    root, state = server
+    start = time.monotonic()
+    with pytest.raises(UserError) as e:
+        scores(f"{root}/{mode}", ["abc"], timeout=1.0, max_retries=1)
+    assert time.monotonic() - start < DRIP_FOR - 10  # a hang guard: the server drips for DRIP_FOR s
+    msg = str(e.value)
+    assert msg.startswith(f"judge endpoint {root}/{mode} unreachable: timed out")
+    assert "timeout=1 s" in msg and "after 2 attempts" in msg and "\n" not in msg
+    assert state.calls[mode] == 2  # a timeout is retried like any failure
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_and_the_key_never_leaves_for_another_origin(server, other_server, monkeypatch,
+                                                                           status):
+    """Endpoint A answers with a redirect to B on another port: B must never see the API key (it
+    sees nothing at all: rlft refuses the redirect), and the line names both URLs."""
+    root, state = server
+    other, other_state = other_server
+    monkeypatch.setenv(KEY_ENV, "sekrit")
+    with pytest.raises(UserError) as e:
+        scores(f"{root}/moved-{status}", ["abc"], api_key_env=KEY_ENV, max_retries=2)
+    assert not [req for req in other_state.seen if req["auth"]], other_state.seen
+    assert not other_state.seen
+    msg = str(e.value)
+    assert f"{root}/moved-{status}/chat/completions" in msg and f"{other}/length/chat/completions" in msg
+    assert f"HTTP {status}" in msg and "sekrit" not in msg and "\n" not in msg
+    assert state.calls[f"moved-{status}"] == 1  # not retried: a redirect stays a redirect
 
 
 # --------------------------------------------------------------------------- endpoint: bad replies

@@ -43,6 +43,7 @@ def test_a_label_names_the_row_and_a_note_heads_the_report(tmp_path):
         d.mkdir()
         (d / "config.yaml").write_text(yaml.safe_dump({"run_name": name, "label": label, "stage": {"name": "bon"}}))
         (d / "results.json").write_text(json.dumps({"greedy": {"accuracy": m(0.4)}}))
+        (d / "DONE").write_text("")
     text = report.report([str(tmp_path / "sft"), str(tmp_path / "rloo")], str(tmp_path / "out"), note="random weights")
     lines = text.splitlines()
     assert lines[0] == "**random weights**"
@@ -56,3 +57,55 @@ def test_the_math_rloo_rows_are_labelled_an_extension():
     for name in ("paper_math_rloo", "paper_math_rloo_lora"):
         assert config.compose([f"experiment={name}"]).label == f"{name} (extension; the paper reports no Countdown RLOO)"
     assert config.compose(["experiment=paper_math_sft"]).label is None
+
+
+# --------------------------------------------------------------------------- runs that cannot be reported
+
+def _run_dir(path, name, done=True, results=None):
+    """A run dir as rlft leaves it: config.yaml, results.json, metrics.jsonl, and DONE when finished."""
+    import json
+
+    import yaml
+
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({"run_name": name, "stage": {"name": "bon"}}))
+    (path / "results.json").write_text(results if results is not None else
+                                       json.dumps({"greedy": {"accuracy": m(0.4)}}))
+    (path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
+    if done:
+        (path / "DONE").write_text("")
+    return str(path)
+
+
+def test_a_corrupt_results_json_is_one_line_naming_the_file(tmp_path, run_cli):
+    from test_cli import error_line
+
+    run = _run_dir(tmp_path / "cut", "cut", results='{"greedy": {"accuracy": {"value": 0.4, "ci')  # truncated
+    code, out, err = run_cli("report", run, "--out", str(tmp_path / "out"))
+    assert code == 2 and not out
+    line = error_line(err)
+    assert f"{run}/results.json" in line and "cannot be read as JSON" in line
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_an_unfinished_run_is_one_line_not_an_empty_table(tmp_path, run_cli):
+    from test_cli import error_line
+
+    run = _run_dir(tmp_path / "running", "running", done=False)
+    code, out, err = run_cli("report", run, "--out", str(tmp_path / "out"))
+    assert code == 2 and not out
+    line = error_line(err)
+    assert repr(run) in line and "not finished (no DONE)" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_finished_runs_are_reported_and_unfinished_ones_named(tmp_path, run_cli):
+    done = _run_dir(tmp_path / "sft_bon", "sft_bon")
+    running = _run_dir(tmp_path / "rloo_bon", "rloo_bon", done=False)
+    code, out, err = run_cli("report", done, running, "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert err.strip() == f"rlft report: {running}: not finished (no DONE), left out of the report"
+    assert "| sft_bon | 0.400 [0.300, 0.500] |" in out and "| rloo_bon |" not in out
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert md.startswith(f"Not finished (no DONE), left out: {running}\n") and "| rloo_bon |" not in md
+    assert "rloo_bon" not in (tmp_path / "out" / "results.csv").read_text()

@@ -152,7 +152,67 @@ def validate(cfg) -> None:
                 walk(item, f"{path}[{i}]")
 
     walk(cfg, "")
+    _check_run_knobs(cfg)
     _check_master_weights(cfg)
+    _check_sampling(cfg)
+
+
+SEED_MAX = 2**32 - 1  # numpy's seed range, which transformers.set_seed feeds
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_run_knobs(cfg) -> None:
+    """`seed` and `max_steps`, checked before any work: numpy rejects a seed outside 0..2**32-1 with a
+    traceback deep in set_seed, and max_steps=0 is no step count at all (transformers' trainer takes
+    it as a budget of 0 steps, still runs one optimizer step before checking it, and the run is
+    DONE). Any negative max_steps means "train num_train_epochs" to transformers; only -1, the
+    default, is accepted as that spelling, so a typo like max_steps=-10 does not train whole epochs.
+    A key the user set apart from the top-level one (stage.trainer.seed=...) is named as itself."""
+    from omegaconf import DictConfig
+
+    trainer = cfg.stage.get("trainer") if isinstance(cfg.stage, DictConfig) else None
+
+    def values(key: str):
+        yield key, cfg.get(key)
+        if isinstance(trainer, DictConfig) and key in trainer:
+            node = trainer._get_node(key)
+            if not (node._is_interpolation() and str(node._value()).strip() == "${" + key + "}"):
+                yield f"stage.trainer.{key}", trainer[key]
+
+    for name, seed in values("seed"):
+        if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
+            raise UserError(f"{name}={seed}: a seed is an integer from 0 to {SEED_MAX} (numpy's range); "
+                            f"e.g. {name}=0")
+    for name, steps in values("max_steps"):
+        if not _is_int(steps) or not (steps >= 1 or steps == -1):
+            raise UserError(f"{name}={steps}: set a number of optimizer steps >= 1, or -1 to train "
+                            "stage.trainer.num_train_epochs (the default)")
+
+
+def _check_sampling(cfg) -> None:
+    """stage=bon draws its N samples per prompt (Countdown; or the best-of-N pick with select=reward)
+    at the top-level `temperature`. At 0 every sample would be the one greedy answer, so best-of-N
+    would be greedy accuracy N times over (greedy accuracy is reported already) and transformers
+    refuses to sample at 0 anyway; a negative temperature is not a temperature. Likewise the
+    instruction data's sampled `decoding` (decoding.do_sample=true) needs decoding.temperature > 0."""
+    if cfg.stage.get("name") != "bon":
+        return
+    n, temperature = cfg.get("n"), cfg.get("temperature")
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature <= 0:
+        why = (f"all n={n} samples per prompt would be the same greedy answer, so best-of-{n} would mean nothing"
+               if _is_int(n) and n > 1 else "samples need a temperature > 0")
+        raise UserError(f"temperature={temperature} with n={n}: stage=bon samples n answers per prompt at "
+                        f"`temperature`; {why} (greedy accuracy is reported already); set temperature > 0 "
+                        "(the paper's 1.0)")
+    decoding = cfg.get("decoding")
+    if decoding is not None and decoding.get("do_sample") is True:
+        t = decoding.get("temperature")
+        if isinstance(t, (int, float)) and not isinstance(t, bool) and t <= 0:
+            raise UserError(f"decoding.temperature={t} with decoding.do_sample=true: sampling needs a temperature "
+                            "> 0; for greedy answers set decoding.do_sample=false")
 
 
 # stage -> the config group whose weights it trains

@@ -100,8 +100,6 @@ def first_turn_sft_dataset(path: str, split: str = "train", system_prompt: str |
     it); fewer than `min_kept_fraction` of the rows surviving stops the run (wrong schema, most
     likely).
     """
-    import datasets
-
     rows, where = load_rows(path, split, max_rows)
     if not any("messages" in row for row in rows):  # a file of some other schema: say so, not "all dropped"
         raise UserError(f"{where}: row 0: missing required field 'messages'")
@@ -112,12 +110,7 @@ def first_turn_sft_dataset(path: str, split: str = "train", system_prompt: str |
             dropped[reason] += 1
         else:
             out.append({"messages": turns if turns[0]["role"] == "system" else _with_system(turns, system_prompt)})
-    if not out or len(out) < min_kept_fraction * len(rows):
-        raise UserError(f"{where}: only {len(out)} of {len(rows)} rows can be trained on "
-                        f"(min_kept_fraction={min_kept_fraction}); dropped: {_reasons(dropped)}")
-    ds = datasets.Dataset.from_list(out)
-    ds.dropped = dict(dropped)  # reason -> rows; read by dropped_rows() for the model card
-    return ds
+    return _kept(out, dropped, len(rows), where, min_kept_fraction)
 
 
 def _first_exchange(messages) -> tuple[list[dict] | None, str | None]:
@@ -139,6 +132,27 @@ def _reasons(dropped: Counter) -> str:
     return ", ".join(f"{n} {why}" for why, n in dropped.most_common()) or "none"
 
 
+def _kept(out: list[dict], dropped: Counter, total: int, where: str, min_kept_fraction: float = 0.0):
+    """The rows a loader kept, as a Dataset carrying `dropped` (reason -> rows; the model card reads
+    it through dropped_rows), or one line when none, or too few, survive: a file whose rows are all
+    empty must not train (TRL would fit the end-of-turn token alone and write DONE)."""
+    import datasets
+
+    if not out:
+        raise UserError(f"{where}: no usable rows: all {total} rows dropped ({_reasons(dropped)})")
+    if len(out) < min_kept_fraction * total:
+        raise UserError(f"{where}: only {len(out)} of {total} rows can be trained on "
+                        f"(min_kept_fraction={min_kept_fraction}); dropped: {_reasons(dropped)}")
+    ds = datasets.Dataset.from_list(out)
+    ds.dropped = dict(dropped)  # reason -> rows; read by dropped_rows() for the model card
+    return ds
+
+
+def _blank(text) -> bool:
+    """Text a row cannot be trained on: none, or only whitespace."""
+    return not str(text if text is not None else "").strip()
+
+
 def dropped_rows(dataset) -> str:
     """The model card's line for rows a loader dropped: "2 of 10 (1 empty turn, 1 no messages)";
     "0" for loaders that drop none."""
@@ -153,30 +167,28 @@ def query_completion_sft_dataset(path: str, split: str = "train", system_prompt:
     """Rows {query, completion} (the Countdown warm-start set) as one user -> assistant turn.
 
     A row whose query states a `heldout` Countdown problem (in TinyZero's wording, read by
-    countdown.parse_problem) is dropped and counted, so held-out evaluation stays unseen."""
-    import datasets
-
+    countdown.parse_problem) is dropped and counted, so held-out evaluation stays unseen; so is a
+    row whose query or completion is empty (as first_turn_sft_dataset drops an empty turn)."""
     from rlft.tasks import countdown
 
     rows, where = load_rows(path, split, max_rows)
     exclude = {countdown.problem_key(p) for p in heldout or []}
-    out, held = [], 0
+    out, dropped = [], Counter()
     for i, row in enumerate(rows):
         _require(row, (prompt_field, completion_field), where, i)
+        if _blank(row[prompt_field]) or _blank(row[completion_field]):
+            dropped["empty turn"] += 1
+            continue
         stated = countdown.parse_problem(str(row[prompt_field])) if exclude else None
         if stated is not None and countdown.problem_key(stated) in exclude:
-            held += 1
+            dropped["held-out problem"] += 1
             continue
         turn = [
             {"role": "user", "content": str(row[prompt_field])},
             {"role": "assistant", "content": str(row[completion_field])},
         ]
         out.append({"messages": _with_system(turn, system_prompt)})
-    if not out:
-        raise UserError(f"{where}: all {len(rows)} rows pose held-out problems; nothing left to train on")
-    ds = datasets.Dataset.from_list(out)
-    ds.dropped = {"held-out problem": held} if held else {}  # read by dropped_rows() for the model card
-    return ds
+    return _kept(out, dropped, len(rows), where)
 
 
 def countdown_sft_dataset(n: int, seed: int, template: str, think: bool, system_prompt: str | None,
@@ -267,11 +279,10 @@ def _preference_row(prompt: list[dict], chosen: str, rejected: str, score_chosen
 def ultrafeedback_preference_dataset(path: str, split: str = "train_prefs", system_prompt: str | None = None,
                                      max_rows: int | None = None):
     """UltraFeedback binarized rows (chosen / rejected message lists, score_chosen,
-    score_rejected) as TRL preference rows: a shared prompt and one assistant turn each."""
-    import datasets
-
+    score_rejected) as TRL preference rows: a shared prompt and one assistant turn each. A row with
+    an empty prompt, chosen or rejected text is dropped and counted; none left stops the run."""
     rows, where = load_rows(path, split, max_rows)
-    out = []
+    out, dropped = [], Counter()
     for i, row in enumerate(rows):
         _require(row, ("chosen", "rejected", "score_chosen", "score_rejected"), where, i)
         chosen, rejected = row["chosen"], row["rejected"]
@@ -279,9 +290,13 @@ def ultrafeedback_preference_dataset(path: str, split: str = "train_prefs", syst
             if not isinstance(msgs, list) or len(msgs) < 2 or msgs[-1].get("role") != "assistant":
                 raise UserError(f"{where}: row {i}: {field!r} must be a message list ending with an assistant turn")
         prompt = [{"role": m["role"], "content": str(m["content"])} for m in chosen[:-1] if m.get("role") != "system"]
+        if (all(_blank(m["content"]) for m in prompt if m["role"] == "user")
+                or _blank(chosen[-1].get("content")) or _blank(rejected[-1].get("content"))):
+            dropped["empty turn"] += 1
+            continue
         out.append(_preference_row(_with_system(prompt, system_prompt), str(chosen[-1]["content"]),
                                    str(rejected[-1]["content"]), row["score_chosen"], row["score_rejected"]))
-    return datasets.Dataset.from_list(out)
+    return _kept(out, dropped, len(rows), where)
 
 
 def ifcheck_preference_dataset(n: int, seed: int, system_prompt: str | None = None,

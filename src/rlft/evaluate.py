@@ -39,6 +39,8 @@ def generate(
     repetition_penalty (1.0: off) to greedy decoding too. A models.VLLMPolicy samples through vLLM
     instead (same strings, same grouping).
     """
+    # Hydra reads `temperature=2` as an int, and transformers' logits processors refuse ints
+    temperature, top_p, repetition_penalty = float(temperature), float(top_p), float(repetition_penalty)
     if hasattr(model, "generate_texts"):
         return model.generate_texts(prompts, max_new_tokens, do_sample, temperature, num_return_sequences, top_p,
                                     repetition_penalty)

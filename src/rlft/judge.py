@@ -12,6 +12,7 @@ Three judges, one per kind of evidence:
   endpoint_scores      a reward model served behind an OpenAI-compatible chat-completions endpoint
                        that answers "reward:<float>", as the paper used Llama-3.1-Nemotron-70B-Reward:
                        sent the user turn and the assistant turn only, 429s waited out (Retry-After),
+                       each attempt bounded as a whole by `timeout`, redirects refused (the key stays home),
                        scores cached on disk by (model id, messages sent) so a rerun pays only for new pairs
 
 endpoint_scores uses the standard library only (urllib, a thread pool): a judge run is a few
@@ -27,9 +28,11 @@ import json
 import math
 import os
 import re
+import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -77,8 +80,11 @@ def endpoint_scores(prompts: list[list[dict]], responses: list[str], base_url: s
     response as the assistant turn, nothing else (judge_messages); the reply's
     choices[0].message.content must be "reward:<float>".
 
-    Connection errors, timeouts and 5xx are retried up to `max_retries` times with exponential
-    backoff (backoff, 2*backoff, ...): a 70B judge behind a shared server drops requests under load.
+    Each attempt gets `timeout` seconds in all, connect and every read of the reply together, so an
+    endpoint that answers a byte at a time cannot stall a run. Connection errors, timeouts and 5xx
+    are retried up to `max_retries` times with exponential backoff (backoff, 2*backoff, ...): a 70B
+    judge behind a shared server drops requests under load. Redirects are refused with a line naming
+    both URLs, never followed: urllib would resend the API key to wherever the endpoint points.
     HTTP 429 is the server pacing us, not failing, so it has its own, larger budget
     (`rate_limit_retries`): the wait is the reply's Retry-After (seconds) or else the exponential
     backoff, capped at `max_retry_after`, and every worker holds off for it, not only the one told.
@@ -158,18 +164,33 @@ def _post(url: str, body: bytes, headers: dict, timeout: float, max_retries: int
           backoff: float, max_retry_after: float, pause: _Pause, base_url: str, api_key_env: str,
           key: str | None) -> bytes:
     """The reply body of one POST, retrying what a busy, rate-limiting or restarting server may fix.
-    Failures (connection, timeout, 5xx) and rate limits (429) are counted apart."""
+    Failures (connection, timeout, 5xx) and rate limits (429) are counted apart.
+
+    `timeout` bounds each attempt as a whole, connect and every read together (_Deadline): urllib's
+    own timeout is per socket operation, so a server dripping a byte a second would hold a worker,
+    and the run, without bound. A redirect is never followed (_NoRedirect)."""
     failures = limited = 0
     while True:
         pause.wait()
         retry_after = None
+        deadline = _Deadline(timeout)
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers, method="POST"),
-                                        timeout=timeout) as reply:
-                return reply.read(MAX_REPLY_BYTES)
+            opener = urllib.request.build_opener(_NoRedirect, _DeadlineHTTPHandler(deadline),
+                                                 _DeadlineHTTPSHandler(deadline))
+            with opener.open(urllib.request.Request(url, data=body, headers=headers, method="POST"),
+                             timeout=timeout) as reply:
+                raw = reply.read(MAX_REPLY_BYTES)
+            if deadline.expired:  # the socket was shut under the read: what came is a fragment
+                raise TimeoutError
+            return raw
         except urllib.error.HTTPError as e:  # before URLError: HTTPError is one
             with e:  # closes the connection it holds
-                detail = _snippet(e.read())
+                detail = _snippet(_read_quietly(e))
+            if 300 <= e.code < 400:
+                target = urllib.parse.urljoin(url, e.headers.get("Location", "") if e.headers else "")
+                raise UserError(f"judge endpoint {base_url}: {url} redirects (HTTP {e.code}) to {target or '?'}; "
+                                "rlft does not follow judge redirects (the API key would go with the request): "
+                                "set judge.base_url to the endpoint's own URL") from None
             retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
             if e.code in (401, 403):
                 hint = f"set {api_key_env} to a valid API key" if not key else f"check the API key in {api_key_env}"
@@ -189,13 +210,111 @@ def _post(url: str, body: bytes, headers: dict, timeout: float, max_retries: int
             if failures > max_retries:
                 raise UserError(f"judge endpoint {base_url} failed with HTTP {e.code} after {failures} "
                                 f"attempts: {detail!r}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # TimeoutError is an OSError
             failures += 1
             if failures > max_retries:
+                timed_out = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
+                if deadline.expired or timed_out:
+                    raise UserError(f"judge endpoint {base_url} unreachable: timed out, no complete reply within "
+                                    f"timeout={timeout:g} s (judge.scorer.timeout; after {failures} attempts)"
+                                    ) from None
                 reason = getattr(e, "reason", None) or e
                 raise UserError(f"judge endpoint {base_url} unreachable: {reason} "
                                 f"(after {failures} attempts)") from None
+        finally:
+            deadline.cancel()
         time.sleep(min(retry_after if retry_after is not None else backoff * 2 ** (failures - 1), max_retry_after))
+
+
+def _read_quietly(reply) -> bytes:
+    """An error reply's body (for the message), bounded; what a broken connection leaves is enough."""
+    try:
+        return reply.read(MAX_REPLY_BYTES) or b""
+    except (OSError, http.client.HTTPException):
+        return b""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse every redirect: urllib would follow a 301/302/303 to any host and port, carrying the
+    Authorization header (the API key) there, and as a GET without the body, so a judge reached
+    through a redirect can never answer anyway. Dropping the header when the origin changes would
+    trade a leak for a confusing 401 or 405 from the other end; naming both URLs lets the user fix
+    judge.base_url once. With None here urllib raises the 3xx as an HTTPError, which _post reports."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+class _Deadline:
+    """One attempt's time limit over connect and all reads: at `seconds` it shuts the attempt's
+    socket down, which ends any blocked connect or read at once (a TLS handshake included: the raw
+    socket is watched from the moment it is connected)."""
+
+    def __init__(self, seconds: float):
+        self.lock = threading.Lock()
+        self.socks: list = []
+        self.expired = False
+        self.timer = threading.Timer(seconds, self._expire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def watch(self, sock) -> None:
+        with self.lock:
+            self.socks.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.socks:
+                _shut(sock)
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
+def _shut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
+
+
+def _watched(http_class, deadline: _Deadline):
+    """http_class (HTTPConnection or HTTPSConnection) whose sockets `deadline` watches."""
+
+    def make(*args, **kwargs):
+        conn = http_class(*args, **kwargs)
+        create = conn._create_connection  # socket.create_connection; the TLS wrap comes after it
+
+        def create_and_watch(*a, **k):
+            sock = create(*a, **k)
+            deadline.watch(sock)
+            return sock
+
+        conn._create_connection = create_and_watch
+        return conn
+
+    return make
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_watched(http_class, self.deadline), req, **kwargs)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_watched(http_class, self.deadline), req, **kwargs)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -5,31 +5,74 @@ the paper's layout (a row per run, a column per metric), then every metric (run,
 value, 95% CI, n), and writes them with a CSV twin and PNG plots to --out:
 best_of_n.png (best-of-n accuracy against n for every best-of-N run) and training.png (training
 loss against step for every trained run). matplotlib renders off-screen; no display needed.
+Only finished runs (DONE) are reported; unfinished ones are named (report()).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 from rlft.errors import UserError
 
 
 def load_run(run_dir: str) -> dict:
+    """A run dir's config, results and metrics; `done` says whether it holds DONE (report() leaves
+    unfinished runs out). A file that cannot be read or parsed is named in one line."""
     d = Path(run_dir)
     if not (d / "config.yaml").is_file():
         raise UserError(f"report: {str(d)!r} is not an rlft run dir (no config.yaml)")
     import yaml
 
-    cfg = yaml.safe_load((d / "config.yaml").read_text())
-    results = json.loads((d / "results.json").read_text()) if (d / "results.json").is_file() else {}
-    metrics = []
-    if (d / "metrics.jsonl").is_file():
-        metrics = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    try:
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        stage = cfg["stage"]["name"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise UserError(f"report: {str(d / 'config.yaml')!r} is not an rlft config ({_why(e)})") from None
+    done = (d / "DONE").exists()
+    results, metrics = {}, []
+    if done:
+        results = _read_json(d / "results.json") if (d / "results.json").is_file() else {}
+        if not isinstance(results, dict):
+            raise UserError(f"report: {str(d / 'results.json')!r} is not a JSON object of results")
+        if (d / "metrics.jsonl").is_file():
+            metrics = _read_jsonl(d / "metrics.jsonl")
     name = cfg.get("label") or cfg.get("run_name", d.name)  # label: e.g. a row the paper does not have
-    return {"dir": str(d), "name": name, "stage": cfg["stage"]["name"],
-            "done": (d / "DONE").exists(), "results": results, "metrics": metrics}
+    return {"dir": str(d), "name": name, "stage": stage, "done": done, "results": results, "metrics": metrics}
+
+
+def _why(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"report: {str(path)!r} cannot be read as JSON ({_why(e)})") from None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """metrics.jsonl's records; a torn last line (a write cut short) is skipped, a bad line elsewhere named."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"report: {str(path)!r} cannot be read ({_why(e)})") from None
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            if lineno == len(lines):
+                continue
+            raise UserError(f"report: {path}:{lineno}: not valid JSON ({_why(e)})") from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def rows(runs: list[dict]) -> list[dict]:
@@ -177,8 +220,22 @@ def _pyplot():
 
 def report(run_dirs: list[str], out: str, note: str | None = None) -> str:
     """Write results.md, results.csv and the plots into `out`; return the markdown table (under
-    `note`, if given: a line that must travel with the numbers, e.g. that the weights are random)."""
-    runs = [load_run(d) for d in run_dirs]
+    `note`, if given: a line that must travel with the numbers, e.g. that the weights are random).
+
+    Only finished runs (DONE) are reported: an unfinished one has no results yet, or a training
+    curve cut short. With no finished run at all this is one line naming the unfinished dirs and
+    nothing is written (an empty table would pass for a report); with some, the finished ones are
+    reported and each unfinished dir is named on stderr and in a line above the tables, so a table
+    missing a row says so wherever it goes."""
+    loaded = [load_run(d) for d in run_dirs]
+    runs = [r for r in loaded if r["done"]]
+    unfinished = [r["dir"] for r in loaded if not r["done"]]
+    if not runs:
+        raise UserError(f"report: {', '.join(map(repr, unfinished))} {'is' if len(unfinished) == 1 else 'are'} "
+                        "not finished (no DONE): nothing to report; finish the run first (resume=true continues one "
+                        "that has checkpoints)")
+    for d in unfinished:
+        print(f"rlft report: {d}: not finished (no DONE), left out of the report", file=sys.stderr)
     table = rows(runs)
     out_dir = Path(out)
     try:
@@ -187,6 +244,8 @@ def report(run_dirs: list[str], out: str, note: str | None = None) -> str:
         raise UserError(f"report --out {out!r} is not writable ({e.strerror})") from None
     headline = summary(table)
     text = (headline + "\n\nAll metrics:\n\n" if headline else "") + markdown(table)
+    if unfinished:
+        text = f"Not finished (no DONE), left out: {', '.join(unfinished)}\n\n{text}"
     if note:
         text = f"**{note}**\n\n{text}"
     (out_dir / "results.md").write_text(text + "\n")

@@ -259,3 +259,20 @@ def test_generate_ignores_a_models_generation_config_and_applies_the_penalty(tin
     model.generation_config.repetition_penalty = 5.0  # as Qwen2.5-Instruct's generation_config.json adds 1.1
     assert evaluate.generate(model, tokenizer, prompts, 12) == plain
     assert evaluate.generate(model, tokenizer, prompts, 12, repetition_penalty=5.0) != plain
+
+
+def test_an_integer_temperature_from_the_command_line_samples(tmp_path, run_cli, tiny_base):
+    """Hydra reads temperature=2 as an int; transformers refuses int temperatures with a traceback."""
+    run_dir = tmp_path / "hot"
+    code, _, err = run_cli("train", "stage=bon", "data=countdown", f"init_from={tiny_base}", "temperature=2", "n=2",
+                           "num_prompts=2", "data.evaluate.max_new_tokens=4", "stage.sweep=[1,2]", f"run_dir={run_dir}")
+    assert code == 0, err
+    assert json.loads((run_dir / "results.json").read_text())["sampled"]["temperature"] == 2
+
+
+def test_bon_refuses_greedy_best_of_n_before_loading_anything(tmp_path, run_cli, tiny_base):
+    """n samples at temperature 0 would be one greedy answer n times: refused, naming both keys."""
+    code, _, err = run_cli("train", "stage=bon", "data=countdown", f"init_from={tiny_base}", "temperature=0", "n=8",
+                           f"run_dir={tmp_path / 'cold'}")
+    assert code == 2 and "rlft: error: temperature=0 with n=8: " in err and "Traceback" not in err
+    assert not (tmp_path / "cold").exists()  # refused before the run dir is made
