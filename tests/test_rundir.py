@@ -4,6 +4,7 @@ the newest complete checkpoint. Fast: fake trainers, no training."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,16 +216,24 @@ def test_publish_dir_killed_between_renames_leaves_the_old_dir_whole(tmp_path, m
 # ----------------------------------------------------------------------------- start: resume and overwrite
 
 
+SAFETENSORS = (lambda h: len(h).to_bytes(8, "little") + h)(b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}') \
+    + b"\0" * 8  # a whole safetensors file: one tensor of 2 floats
+
+
 def _checkpoint(run_dir: Path, step: int, complete: bool = True) -> Path:
     ckpt = run_dir / "checkpoints" / f"checkpoint-{step}"
     ckpt.mkdir(parents=True)
-    (ckpt / "model.safetensors").write_bytes(b"w")
+    (ckpt / "model.safetensors").write_bytes(SAFETENSORS)
     if complete:
         (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     return ckpt
 
 
-def test_resume_drops_checkpoints_cut_off_while_saving(tmp_path):
+def _finished_cfg(run_dir: Path, **kw):
+    return _cfg(run_dir, stage={"name": "sft"}, data={"name": "d"}, peft={"name": "none"}, **kw)
+
+
+def test_resume_drops_checkpoints_cut_off_while_saving(tmp_path, capfd):
     run_dir = tmp_path / "run"
     rundir.start(_cfg(run_dir))
     _checkpoint(run_dir, 2)
@@ -237,19 +246,160 @@ def test_resume_drops_checkpoints_cut_off_while_saving(tmp_path):
         rundir.start(_cfg(run_dir))
     rundir.start(_cfg(run_dir, resume=True))
     assert [p.name for p in rundir.checkpoints(run_dir)] == ["checkpoint-2"]
+    assert rundir.resume_checkpoint(_cfg(run_dir, resume=True)) == str(run_dir / "checkpoints" / "checkpoint-2")
     assert (run_dir / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.0}\n'
+    line = capfd.readouterr().err.strip()
+    assert "checkpoint-6 is cut off while saving" in line and "resuming from" in line and "checkpoint-2" in line
 
 
-def test_done_run_is_refused_and_overwrite_removes_it_whole(tmp_path):
+def test_resume_skips_a_damaged_newest_checkpoint_and_truncates_the_log(tmp_path, capfd):
+    """A whole-looking checkpoint (trainer_state.json there) whose weights or optimizer state are
+    cut off is not resumed from: the newest intact one is, and what was logged after it goes."""
+    import torch
+
     run_dir = tmp_path / "run"
     rundir.start(_cfg(run_dir))
     _checkpoint(run_dir, 2)
+    torch.save({"state": torch.zeros(100)}, run_dir / "checkpoints" / "checkpoint-2" / "optimizer.pt")
+    for step in (4, 6):
+        _checkpoint(run_dir, step)
+    weights = run_dir / "checkpoints" / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(SAFETENSORS[: len(SAFETENSORS) // 2 + 20])  # past the header, into the data
+    optimizer = run_dir / "checkpoints" / "checkpoint-4" / "optimizer.pt"
+    torch.save({"state": torch.zeros(100)}, optimizer)
+    optimizer.write_bytes(optimizer.read_bytes()[:300])
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 8)))
+
+    assert rundir.checkpoint_problem(run_dir / "checkpoints" / "checkpoint-2") is None
+    rundir.start(_cfg(run_dir, resume=True))
+    assert [p.name for p in rundir.checkpoints(run_dir)] == ["checkpoint-2"]
+    assert [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    line = capfd.readouterr().err.strip()
+    assert "checkpoint-6 is damaged (model.safetensors: cut off at" in line
+    assert "checkpoint-4 is damaged (optimizer.pt: cut off" in line
+    assert line.endswith(f"resuming from {run_dir / 'checkpoints' / 'checkpoint-2'} instead")
+
+
+def test_resume_with_no_intact_checkpoint_starts_over_and_says_so(tmp_path, capfd):
+    run_dir = tmp_path / "run"
+    rundir.start(_cfg(run_dir))
+    (_checkpoint(run_dir, 2) / "model.safetensors").write_bytes(SAFETENSORS[:5])
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n')
+    rundir.start(_cfg(run_dir, resume=True))
+    assert rundir.checkpoints(run_dir) == [] and not (run_dir / "metrics.jsonl").exists()
+    assert rundir.resume_checkpoint(_cfg(run_dir, resume=True)) is None
+    assert "training starts over from step 0" in capfd.readouterr().err
+
+
+def test_overwrite_keeps_the_finished_run_until_the_new_one_is_done(tmp_path, capfd):
+    run_dir, kept = tmp_path / "run", tmp_path / ".run.previous"
+    rundir.start(_cfg(run_dir))
+    _checkpoint(run_dir, 2)
     (run_dir / "model").mkdir()
-    (run_dir / "model" / "model.safetensors").write_bytes(b"w")
+    (run_dir / "model" / "model.safetensors").write_bytes(b"old")
     rundir.write_atomic(run_dir / "DONE", "")
     with pytest.raises(rundir.UserError, match=r"finished run \(DONE\).*overwrite=true"):
         rundir.start(_cfg(run_dir, resume=True))
-    assert (run_dir / "model" / "model.safetensors").read_bytes() == b"w"
+    assert (run_dir / "model" / "model.safetensors").read_bytes() == b"old"
+
+    rundir.start(_cfg(run_dir, overwrite=True))  # the old run steps aside whole; the new one starts empty
+    assert sorted(p.name for p in run_dir.iterdir()) == [".rlft.lock", "config.yaml", "env.json"]
+    assert (kept / "model" / "model.safetensors").read_bytes() == b"old" and (kept / "DONE").exists()
+    assert f"kept at {kept} until this run is DONE" in capfd.readouterr().err
+    rundir.release(_cfg(run_dir))
+
+    # the new run fails after a checkpoint: the old one is still there, and the user is told where
+    _checkpoint(run_dir, 2)
+    with pytest.raises(rundir.UserError, match=rf"unfinished run \(checkpoint-2\).*kept at {kept}"):
+        rundir.start(_cfg(run_dir))
+    # overwrite=true again: the failed attempt is discarded, the finished run stays kept
     rundir.start(_cfg(run_dir, overwrite=True))
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "env.json"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the renamed-aside copy is gone too
+    assert rundir.checkpoints(run_dir) == [] and (kept / "model" / "model.safetensors").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.previous", "run"]
+    rundir.release(_cfg(run_dir))
+
+    # resume=true also keeps it; the run that reaches DONE deletes it
+    _checkpoint(run_dir, 2)
+    rundir.start(_cfg(run_dir, resume=True))
+    assert kept.is_dir()
+    rundir.finish(_finished_cfg(run_dir), None, {})
+    assert (run_dir / "DONE").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    rundir.release(_cfg(run_dir))
+
+    # a leftover beside a DONE run_dir (killed between DONE and the delete) is stale: replaced
+    shutil.copytree(run_dir, kept)
+    (kept / "stale").write_text("")
+    rundir.start(_cfg(run_dir, overwrite=True))
+    assert not (kept / "stale").exists() and (kept / "DONE").exists()
+
+
+def test_a_second_run_into_a_locked_run_dir_stops_without_touching_it(tmp_path):
+    """The lock is the kernel's (flock): held by another live process, refused with its pid; gone
+    when that process dies (SIGKILL: no cleanup), so no stale lock needs clearing."""
+    run_dir = tmp_path / "run"
+    rundir.start(_cfg(run_dir))
+    rundir.write_atomic(run_dir / "DONE", "")
+    rundir.release(_cfg(run_dir))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from omegaconf import OmegaConf
+            from rlft import rundir
+            rundir.start(OmegaConf.create({{"run_dir": {str(run_dir)!r}, "run_name": "t", "seed": 0,
+                                            "overwrite": True, "resume": False}}))
+            print("locked", flush=True)
+            sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _files(run_dir) | {".": sorted(p.name for p in tmp_path.iterdir())}
+        for kw in ({}, {"overwrite": True}, {"resume": True}):
+            with pytest.raises(rundir.UserError, match=rf"'{run_dir}' is in use by another run \(pid {holder.pid} on "):
+                rundir.start(_cfg(run_dir, **kw))
+        assert _files(run_dir) | {".": sorted(p.name for p in tmp_path.iterdir())} == before
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    rundir.start(_cfg(run_dir, resume=True))  # the holder died: its lock went with it
+
+
+def test_a_full_disk_is_told_apart_from_other_write_failures(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a failed write with no errno: it counts as one when the
+    free space is below what the save needed (the last whole checkpoint's size)."""
+    import errno
+    from collections import namedtuple
+
+    run_dir = tmp_path / "run"
+    _checkpoint(run_dir, 1)
+    partial = _checkpoint(run_dir, 2, complete=False)
+    try:
+        try:
+            raise RuntimeError("basic_ios::clear: iostream error")
+        except RuntimeError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2767232 vs 2767120")
+    except RuntimeError as e:
+        torch_error = e
+    usage = namedtuple("usage", "total used free")
+    needed = rundir._tree_bytes(run_dir / "checkpoints" / "checkpoint-1")
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, 10**12))  # room: another cause
+    assert rundir.explain_write_failure(torch_error, run_dir) is None and partial.is_dir()
+    assert rundir.explain_write_failure(ValueError("bad value"), run_dir) is None
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6, 0))
+    freed = rundir._tree_bytes(partial)  # free once the cut-off checkpoint is removed
+    error = rundir.explain_write_failure(torch_error, run_dir)
+    assert str(error) == (f"no space left on device writing {partial} (needs about {rundir._size(needed)}, "
+                          f"{rundir._size(freed)} free; the cut-off checkpoint was removed); "
+                          "free some space, then rerun with resume=true")
+    assert not partial.exists() and rundir.checkpoints(run_dir) == [run_dir / "checkpoints" / "checkpoint-1"]
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    full.filename = str(run_dir / "metrics.jsonl")
+    assert str(rundir.explain_write_failure(full, run_dir)).startswith(
+        f"no space left on device writing {run_dir / 'metrics.jsonl'} (0 B free)")
+    assert str(rundir.explain_write_failure(full, run_dir, after_training=True, weights_bytes=4_470_408)).startswith(
+        f"no space left on device writing {run_dir / 'metrics.jsonl'} (0 B free)")
+    full.filename = None
+    assert str(rundir.explain_write_failure(full, run_dir, after_training=True, weights_bytes=4_470_408)).startswith(
+        f"no space left on device writing {run_dir / 'model'} (needs about 4.5 MB, 0 B free)")

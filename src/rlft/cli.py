@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from rlft.errors import UserError
+from rlft.train import Stopped  # stdlib imports only: `rlft --help` stays instant
 
 TRAIN_HELP = """\
 Compose a config with Hydra and run one stage. Overrides are Hydra's KEY=VALUE:
@@ -23,6 +24,9 @@ Compose a config with Hydra and run one stage. Overrides are Hydra's KEY=VALUE:
   experiment=NAME      a bundle of overrides (configs/experiment/)
   run_dir=DIR          where config.yaml, env.json, metrics.jsonl, model/ and DONE go
   max_steps=N seed=N overwrite=true resume=true init_from=MODEL_DIR
+
+SIGTERM or Ctrl-C saves a checkpoint at the end of the current optimizer step and exits
+(143 / 130); resume=true continues from it. One run at a time per run_dir (a lock).
   stage.trainer.KEY=V  any field of the stage's TRL config (SFTConfig, ...); +KEY=V adds one
 
 Show the composed config without running: rlft train --cfg ...
@@ -75,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"rlft: error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:  # SIGTERM / SIGINT during `rlft train`: where the checkpoint is, how to resume
+        from rlft.rundir import is_main_process
+
+        if is_main_process():
+            print(f"rlft: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("rlft: interrupted", file=sys.stderr)
         return 130

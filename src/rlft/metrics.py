@@ -65,8 +65,12 @@ def metrics_logger(run_dir: str):
                 return
             if state.is_world_process_zero:
                 record = {"step": state.global_step, "epoch": state.epoch, **logs}
-                with path.open("a") as f:
-                    f.write(json.dumps(record, default=float) + "\n")
+                try:
+                    with path.open("a") as f:
+                        f.write(json.dumps(record, default=float) + "\n")
+                except OSError as e:  # a full disk fails the write, which names no file: name it
+                    e.filename = e.filename or str(path)
+                    raise
             bad = {k: logs[k] for k in ("loss", "grad_norm") if isinstance(logs.get(k), (int, float))
                    and not math.isfinite(logs[k])}
             if bad:

@@ -11,8 +11,6 @@ policy and reference on held-out prompts and the policy's win-rate against the r
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def main(cfg) -> tuple[dict | None, dict]:
     from transformers import set_seed
@@ -22,6 +20,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     from rlft.config import build
     from rlft.data import count_over_length
     from rlft.metrics import metrics_logger, win_rate
+    from rlft.train import fit
 
     # 1. seed and data first, so a bad data file fails before any model loads
     set_seed(cfg.seed)
@@ -49,9 +48,9 @@ def main(cfg) -> tuple[dict | None, dict]:
         callbacks=[metrics_logger(cfg.run_dir)],
     )
 
-    # 4. train (resume=true continues from the newest checkpoint in run_dir/checkpoints)
-    resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    # 4. train (resume=true continues from the newest intact checkpoint in run_dir/checkpoints;
+    # SIGTERM/SIGINT saves one and stops: rlft.train.fit)
+    fit(trainer, cfg)
 
     # 5. save model/ (with peft: adapter/ too, merged into model/)
     policy = models.save_trained(trainer, cfg.run_dir, path, tokenizer, cfg.model.dtype, peft_config is not None)

@@ -13,8 +13,6 @@ gives per-prompt scores, the win-rate against the init_from model).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def main(cfg) -> tuple[dict | None, dict]:
     from transformers import set_seed
@@ -23,6 +21,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     from rlft.config import build
     from rlft.errors import UserError
     from rlft.metrics import metrics_logger, win_rate
+    from rlft.train import fit
 
     # 1. seed and prompts first, so a bad data file fails before any model loads
     set_seed(cfg.seed)
@@ -61,9 +60,9 @@ def main(cfg) -> tuple[dict | None, dict]:
         callbacks=[metrics_logger(cfg.run_dir)],
     )
 
-    # 5. train (resume=true continues from the newest checkpoint in run_dir/checkpoints)
-    resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    # 5. train (resume=true continues from the newest intact checkpoint in run_dir/checkpoints;
+    # SIGTERM/SIGINT saves one and stops: rlft.train.fit)
+    fit(trainer, cfg)
 
     # 6. save model/ (with peft: adapter/ too, merged into model/)
     policy = models.save_trained(trainer, cfg.run_dir, path, tokenizer, cfg.model.dtype, peft_config is not None)

@@ -13,8 +13,6 @@ With stage.train=false a reward model used off the shelf is only evaluated (resu
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def main(cfg) -> tuple[dict | None, dict]:
     from transformers import set_seed
@@ -23,6 +21,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     from rlft.config import build
     from rlft.errors import UserError
     from rlft.metrics import metrics_logger
+    from rlft.train import fit
 
     # 1. seed and data first, so a bad data file fails before any model loads
     set_seed(cfg.seed)
@@ -49,9 +48,9 @@ def main(cfg) -> tuple[dict | None, dict]:
         peft_config=peft_config, callbacks=[metrics_logger(cfg.run_dir)],
     )
 
-    # 4. train (resume=true continues from the newest checkpoint in run_dir/checkpoints)
-    resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    # 4. train (resume=true continues from the newest intact checkpoint in run_dir/checkpoints;
+    # SIGTERM/SIGINT saves one and stops: rlft.train.fit)
+    fit(trainer, cfg)
 
     # 5. save model/ (AutoModelForSequenceClassification), atomically; with peft the adapter is
     # saved to adapter/ and merged in place (the classifier head stays as trained)

@@ -10,8 +10,6 @@ and, when the data preset has held-out problems, run_dir/results.json.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def main(cfg) -> tuple[dict | None, dict]:
     from transformers import set_seed
@@ -22,6 +20,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     from rlft.data import count_over_length, dropped_rows
     from rlft.errors import UserError
     from rlft.metrics import metrics_logger
+    from rlft.train import fit
 
     # 1. seed and data first, so a bad data file fails before any model loads
     # (generated training sets exclude the held-out problems by config)
@@ -50,9 +49,9 @@ def main(cfg) -> tuple[dict | None, dict]:
         raise UserError(f"data.sft_dataset: none of {len(train_dataset)} rows keeps an assistant token within "
                         f"stage.trainer.max_length={args.max_length}; raise it")
 
-    # 4. train (resume=true continues from the newest checkpoint in run_dir/checkpoints)
-    resume = cfg.resume and any(Path(args.output_dir).glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    # 4. train (resume=true continues from the newest intact checkpoint in run_dir/checkpoints;
+    # SIGTERM/SIGINT saves one and stops: rlft.train.fit)
+    fit(trainer, cfg)
 
     # 5. save model/ (with peft: adapter/ too, merged into model/)
     policy = models.save_trained(trainer, cfg.run_dir, path, tokenizer, cfg.model.dtype, peft_config is not None)
