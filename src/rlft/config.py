@@ -155,6 +155,22 @@ def validate(cfg) -> None:
     _check_run_knobs(cfg)
     _check_master_weights(cfg)
     _check_sampling(cfg)
+    _check_rloo_objective(cfg)
+
+
+def _check_rloo_objective(cfg) -> None:
+    """rlft's RLOO objective (mean | pass_at_k, its k or k schedule), checked before any model loads."""
+    algorithm = cfg.get("stage", {}).get("algorithm")
+    if not algorithm or not {"objective", "pass_k", "pass_k_schedule"} & set(algorithm.keys()):
+        return
+    from omegaconf import OmegaConf
+
+    from rlft.rloo import pass_k_schedule_from
+
+    schedule = algorithm.get("pass_k_schedule")
+    pass_k_schedule_from(algorithm.get("objective", "mean"), algorithm.get("pass_k"),
+                         OmegaConf.to_container(schedule) if schedule is not None else None,
+                         cfg.stage.trainer.get("num_generations", 2))
 
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which transformers.set_seed feeds
