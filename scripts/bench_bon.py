@@ -9,6 +9,12 @@ both paths and their ratio; the target at N=16 is >= 0.5*N = 8x.
 import argparse
 import time
 
+import torch
+
+from rlft import evaluate, models
+from rlft.config import build, compose
+from rlft.tasks import countdown
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -17,12 +23,6 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
-
-    import torch
-
-    from rlft import evaluate, models
-    from rlft.config import build, compose
-    from rlft.tasks import countdown
 
     torch.manual_seed(0)
     path = args.model_dir or build(compose(["model=tiny"]).model.build)

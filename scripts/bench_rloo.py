@@ -34,16 +34,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+# torch, trl and rlft are imported inside the functions: every case runs in a fresh process of this
+# script, which loads only what its path uses, so its peak memory (the figure) is its own.
 
 QWEN_HIDDEN, QWEN_VOCAB = 896, 151_936
 
 
 def _peak_bytes(device) -> int:
-    import resource
-
     import torch
 
     if device.type == "cuda":
@@ -135,8 +139,6 @@ def _policy(model: str, layers: int):
     if model == "tiny":
         cfg = compose(["experiment=tiny_math_rloo"])  # 32 prompts x k=4 = 128 completions x 48 tokens
         return build(cfg.model.build), cfg
-    from pathlib import Path
-
     from rlft.rehearsal.models import write_qwen
 
     folder = Path(os.environ.get("RLFT_CACHE_DIR", "~/.cache/rlft")).expanduser() / f"bench-qwen2.5-0.5b-{layers}l"
@@ -153,12 +155,12 @@ def step_case(name: str, beta: float, old_logps: str, model: str, layers: int, s
     import transformers
     import trl
 
-    from rlft import models, rewards, rloo
+    from rlft import models, reward_functions, rloo
     from rlft.config import build
 
     path, cfg = _policy(model, layers)
     prompts = build(cfg.data.prompt_dataset, n=4096)
-    reward = rewards.guarded("countdown", rewards.countdown_reward())
+    reward = reward_functions.guarded("countdown", reward_functions.countdown_reward())
     batch, length = cfg.stage.trainer.per_device_train_batch_size, cfg.stage.trainer.max_completion_length
     args = build(cfg.stage.trainer, output_dir="/tmp/bench_rloo", max_steps=steps + 1, beta=beta,
                  save_strategy="no", report_to=[], logging_steps=steps + 1, disable_tqdm=True)
@@ -184,8 +186,6 @@ def step_case(name: str, beta: float, old_logps: str, model: str, layers: int, s
 
 
 def part2(steps: int, rounds: int, model: str, layers: int) -> None:
-    import statistics
-
     variants = [("beta 0.03 (paper)", 0.03, "sampling"), ("beta 0.03, old_logps=forward", 0.03, "forward"),
                 ("beta 0", 0.0, "sampling")]
     header = False

@@ -29,17 +29,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+from peft import LoraConfig, get_peft_model
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.mem_tracker import MemTracker
+from transformers import AutoConfig, AutoModelForSequenceClassification, Qwen2Config, Qwen2ForCausalLM
+
+from rlft import config
+from rlft.kernels import linear_logprobs
+from rlft.rehearsal.models import deberta_config, distilbert_config, qwen_config
+
 GIB = 2**30
 BUDGET_GIB = 24 - 3  # a 24 GB card, less the CUDA context and allocator slack
 PROMPT = 512  # RLOO prompts: the longest UltraFeedback / Countdown prompt the length budget allows
 
 
 def _qwen(dtype=None):
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from rlft.rehearsal.models import qwen_config
-
     cfg = {k: v for k, v in qwen_config(instruct=False).items()
            if k not in ("architectures", "torch_dtype", "transformers_version")}
     default = torch.get_default_dtype()
@@ -52,11 +57,6 @@ def _qwen(dtype=None):
 
 
 def _reward_model(name: str):
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from rlft.rehearsal.models import deberta_config, distilbert_config
-
     published = deberta_config(num_hidden_layers=24) if "deberta" in name else distilbert_config(n_layers=6)
     cfg = AutoConfig.for_model(**{k: v for k, v in published.items() if k not in ("architectures", "torch_dtype")},
                                num_labels=1)
@@ -75,8 +75,6 @@ def _fake(model):
 def _trainable(model, lora: dict | None):
     if lora is None:
         return model, [p for p in model.parameters()]
-    from peft import LoraConfig, get_peft_model
-
     model = get_peft_model(model, LoraConfig(**lora))
     return model, [p for p in model.parameters() if p.requires_grad]
 
@@ -89,8 +87,6 @@ class _NoHook:
 def _frozen_params_take_no_hooks() -> None:
     """MemTracker hooks every parameter of a module it enters, and torch refuses a grad hook on a
     frozen one (a LoRA base weight): skip those (they never get a gradient to track)."""
-    import torch
-
     for name in ("register_hook", "register_post_accumulate_grad_hook"):
         original = getattr(torch.Tensor, name)
         if getattr(original, "_rlft_skips_frozen", False):
@@ -105,10 +101,6 @@ def _frozen_params_take_no_hooks() -> None:
 
 def step_peak_gib(cfg) -> tuple[float, str]:
     """The traced peak of one optimizer step of this composed config, and what the step was."""
-    import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.distributed._tools.mem_tracker import MemTracker
-
     stage, args = cfg.stage.name, cfg.stage.get("trainer") or {}
     lora = None
     if cfg.peft.get("config"):
@@ -141,8 +133,6 @@ def step_peak_gib(cfg) -> tuple[float, str]:
             """One micro-batch as the trainer runs it: frozen passes without grad, the loss with it."""
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 if stage == "rloo":  # rlft's fused head on the completion tokens (the mask is static here)
-                    from rlft.kernels import linear_logprobs
-
                     def logps(m):
                         lm = m.get_base_model() if lora and m is model else m
                         hidden = lm.model(input_ids=ids).last_hidden_state[:, PROMPT - 1:-1].reshape(-1, 896)
@@ -195,8 +185,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cells", nargs="*", help="experiment names (default: every paper_* training cell)")
     args = parser.parse_args()
-    from rlft import config
-
     cells = args.cells or [n for n in config.group_options("experiment") if n.startswith("paper_")
                            and config.compose([f"experiment={n}"]).stage.name != "bon"]
     print(f"| cell | step per device | peak tensors (GiB) | fits {BUDGET_GIB + 3} GB |")

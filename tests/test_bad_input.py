@@ -70,8 +70,8 @@ CATALOGUE = [
     ("rloo pass@k schedule not from step 0", ["stage=rloo", "+stage.algorithm.objective=pass_at_k",
                                               "+stage.algorithm.pass_k_schedule=[[10,4],[20,1]]"],
      "stage.algorithm.pass_k_schedule: steps [10, 20] must start at 0 and increase"),
-    ("rloo reward model path unset", ["stage=rloo", "data=ifcheck", "reward=rm"], "reward.path"),
-    ("rloo reward model path missing", ["stage=rloo", "data=ifcheck", "reward=rm", "reward.path={tmp}/nope",
+    ("rloo reward model path unset", ["stage=rloo", "data=ifcheck", "reward=reward_model"], "reward.path"),
+    ("rloo reward model path missing", ["stage=rloo", "data=ifcheck", "reward=reward_model", "reward.path={tmp}/nope",
                                         "data.prompt_dataset.n=8"], "nope' not found"),
     ("rloo batch not a multiple of k", ["stage=rloo", "data=countdown_tiny", "init_from={base}",
                                         "stage.trainer.per_device_train_batch_size=6",
@@ -81,7 +81,7 @@ CATALOGUE = [
                                                       "data.prompt_dataset.n=4"],
      "data.prompt_dataset: 4 prompts, fewer than one generation batch"),
     ("bon on data without held-out prompts", ["stage=bon", "data=smoltalk"], "has no heldout"),
-    ("bon win-rate without a reference", ["stage=bon", "data=ifcheck", "init_from={base}", "num_prompts=2"],
+    ("winrate without a reference", ["stage=winrate", "data=ifcheck", "init_from={base}", "num_prompts=2"],
      "set reference=MODEL_DIR"),
     ("bon with vLLM not installed", ["stage=bon", "data=countdown", "init_from={base}", "generation_backend=vllm",
                                      "num_prompts=2"], "generation_backend=vllm needs the vllm package"),
@@ -104,7 +104,7 @@ CATALOGUE = [
     ("data file whose rows are all empty (preference pairs)", ["stage=dpo", "data=ultrafeedback",
                                                                "data.preference_dataset.path={tmp}/blank_pairs.jsonl"],
      "blank_pairs.jsonl: no usable rows: all 2 rows dropped (2 empty turn)"),
-    ("judge reward model path unset", ["stage=bon", "data=ifcheck", "judge=rm", "init_from={base}",
+    ("judge reward model path unset", ["stage=winrate", "data=ifcheck", "judge=reward_model", "init_from={base}",
                                        "reference={base}", "num_prompts=2"], "judge.path"),
 ]
 

@@ -7,9 +7,9 @@ from conftest import REPO
 from rlft import config
 from rlft.errors import UserError
 
-GROUPS = ["stage", "model", "data", "peft", "rm", "reward_model", "reward", "judge", "experiment"]
-MANDATORY = {"reward=rm": ["reward.path=/tmp/rm"], "reward=countdown_rm": ["reward.path=/tmp/rm"],  # `???` keys
-             "judge=rm": ["judge.path=/tmp/rm"]}
+GROUPS = ["stage", "model", "data", "peft", "rm_loss", "reward_model", "reward", "judge", "experiment"]
+MANDATORY = {"reward=reward_model": ["reward.path=/tmp/rm"],  # `???` keys
+             "reward=countdown_and_reward_model": ["reward.path=/tmp/rm"], "judge=reward_model": ["judge.path=/tmp/rm"]}
 
 
 def test_every_config_group_is_composed_here():
@@ -96,7 +96,8 @@ def test_config_dir_is_inside_the_package_and_is_the_top_level_one():
     yaml.safe_load((config.config_dir() / "train.yaml").read_text())
 
 
-PAPER = [name for name in config.group_options("experiment") if name.startswith("paper_")]
+PAPER = [name for name in config.group_options("experiment")  # the cells (paper_math and paper_if are their pipelines)
+         if name.startswith("paper_") and not config.compose([f"experiment={name}"]).get("pipeline")]
 
 
 @pytest.mark.parametrize("name", PAPER)
@@ -132,7 +133,8 @@ def test_half_precision_weights_under_the_optimizer_are_refused(overrides, key):
     (["stage=bon", "temperature=0"], "temperature=0 with n=16: stage=bon samples n answers per prompt at "
                                      "`temperature`; all n=16 samples per prompt would be the same greedy answer"),
     (["stage=bon", "temperature=-0.5", "n=1"], "temperature=-0.5 with n=1: "),
-    (["stage=bon", "decoding.do_sample=true", "decoding.temperature=0"],
+    (["stage=winrate", "select=reward", "temperature=0"], "temperature=0 with n=16: stage=winrate samples n answers"),
+    (["stage=winrate", "decoding.do_sample=true", "decoding.temperature=0"],
      "decoding.temperature=0 with decoding.do_sample=true: sampling needs a temperature > 0"),
 ])
 def test_seed_max_steps_and_sampling_temperature_are_checked_before_any_work(overrides, message):
@@ -143,7 +145,8 @@ def test_seed_max_steps_and_sampling_temperature_are_checked_before_any_work(ove
 
 @pytest.mark.parametrize("overrides", [["max_steps=-1"], ["max_steps=1"], ["seed=0"], ["seed=4294967295"],
                                        ["stage=bon", "temperature=0.7", "n=4"],
-                                       ["stage=bon", "decoding.temperature=0"]])  # greedy decoding: unused
+                                       ["stage=winrate", "decoding.temperature=0"],  # greedy decoding: unused
+                                       ["stage=winrate", "temperature=0"]])  # no best-of-n pick: nothing sampled n times
 def test_the_edges_that_mean_something_still_validate(overrides):
     config.validate(config.compose(overrides))
 
@@ -151,15 +154,20 @@ def test_the_edges_that_mean_something_still_validate(overrides):
 def test_paper_recipes_find_earlier_runs_under_runs_dir():
     """`make RUNS=elsewhere`: every run dir a recipe writes or reads (init_from, reward.path) moves."""
     import subprocess
+    import sys
 
     for name in PAPER:
         cfg = config.compose([f"experiment={name}", "runs_dir=/elsewhere"])
         local = [cfg.run_dir, cfg.init_from, cfg.reward.get("path")]
         for path in (p for p in local if p and "paper_" in p):
             assert path.startswith("/elsewhere/paper_"), (name, path)
-    dry = subprocess.run(["make", "-n", "paper-math", "paper-if", "RUNS=/elsewhere", "BIN=.venv/bin"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert "runs_dir=/elsewhere" in dry and "/elsewhere/paper_if_report" in dry
+    make = subprocess.run(["make", "-n", "paper-math", "paper-if", "RUNS=/elsewhere", "BIN=.venv/bin"],
+                          cwd=REPO, capture_output=True, text=True, check=True).stdout
+    plans = [subprocess.run([sys.executable, "-m", "rlft", "pipeline", "--dry-run", f"experiment={name}",
+                             "runs_dir=/elsewhere"], capture_output=True, text=True, check=True).stdout
+             for name in ("paper_math", "paper_if")]  # what make's `rlft pipeline` lines run
+    dry = make + "".join(plans)
+    assert "runs_dir=/elsewhere" in make and "runs_dir=/elsewhere" in dry and "/elsewhere/paper_if_report" in dry
     assert " runs/" not in dry and "=runs/" not in dry
 
 

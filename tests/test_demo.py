@@ -20,7 +20,7 @@ def test_demo_pipeline(tmp_path, run_cli, monkeypatch):
     sft, rloo = sampled("sft_bon"), sampled("rloo_bon")
     assert sft["num_prompts"] == rloo["num_prompts"] == 500
     acc = json.loads((runs / "sft" / "results.json").read_text())["heldout"]["accuracy"]
-    assert acc["value"] >= 0.3, acc  # the spine issue's bar
+    assert acc["value"] >= 0.3, acc  # the bar the tiny SFT model must clear: greedy exact match >= 30%
     pass1, best16 = sft["pass@1_accuracy"], sft["best_of_16_accuracy"]
     assert best16["value"] >= 2 * pass1["value"] and best16["value"] >= 0.85, sft  # the paper's shape
     assert rloo["pass@1_accuracy"]["ci95"][0] > pass1["ci95"][1], (rloo["pass@1_accuracy"], pass1)  # RLOO > SFT

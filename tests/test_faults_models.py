@@ -1,4 +1,4 @@
-"""Faults users meet around model dirs and the build cache (issue 15, part B): a damaged build
+"""Faults users meet around model dirs and the build cache: a damaged build
 cache, a model dir of the wrong kind, a read-only cache dir, a hub id without a network.
 
 Two cases run the real console script on the tiny model (a damaged cache trains on the rebuilt
@@ -164,8 +164,8 @@ def test_reward_model_dir_as_the_sft_policy_is_one_line_exit_2(pristine, tmp_pat
 
 
 def test_causal_lm_dir_as_a_reward_model_is_one_line(pristine):
-    """stage=rm init_from=, reward=rm reward.path=, judge=rm judge.path= all load through here."""
-    from rlft.reward import load_scorer
+    """stage=rm init_from=, reward=reward_model reward.path=, judge=reward_model judge.path= all load through here."""
+    from rlft.reward_models import load_scorer
 
     for load in (lambda p: models.load_reward_model(p), lambda p: load_scorer(p, "chat")):
         with pytest.raises(UserError, match=rf"model '{pristine['lm']}' is a causal LM \(Qwen2ForCausalLM\), "

@@ -159,12 +159,12 @@ import sys
 
 import torch
 
-import rlft.rloo
+import rlft.rloo_trl
 from rlft import models
 from rlft.cli import main
 
 calls = []
-rloo_advantages, save_trained = rlft.rloo.rloo_advantages, models.save_trained
+rloo_advantages, save_trained = rlft.rloo_trl.rloo_advantages, models.save_trained
 
 
 def recorded(rewards, k, beta=0.0, old_logps=None, ref_logps=None, mask=None, kl=None, **kwargs):
@@ -184,7 +184,7 @@ def save_and_record(trainer, *args, **kwargs):
     return policy
 
 
-rlft.rloo.rloo_advantages, models.save_trained = recorded, save_and_record
+rlft.rloo_trl.rloo_advantages, models.save_trained = recorded, save_and_record
 sys.exit(main())
 '''
 

@@ -26,7 +26,7 @@ def test_readme_train_commands_compose_and_validate(overrides):
     config.validate(config.compose(overrides))
 
 
-def test_readme_has_the_commands_the_issue_names():
+def test_readme_has_the_first_train_command():
     assert ["stage=sft", "model=tiny", "data=countdown", "run_dir=runs/sft", "max_steps=4"] in readme_train_commands()
 
 

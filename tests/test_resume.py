@@ -37,7 +37,7 @@ def stage_args(stage: str, request) -> tuple[list[str], str]:
         from rlft.config import build, compose
 
         start = build(compose(["reward_model=tiny"]).reward_model.build)
-        return ["stage=rm", "rm=bt", "reward_model=tiny", "data=ifcheck", "data.preference_dataset.n=64",
+        return ["stage=rm", "rm_loss=bt", "reward_model=tiny", "data=ifcheck", "data.preference_dataset.n=64",
                 "data.preference_heldout=null", "stage.trainer.per_device_train_batch_size=4",
                 "stage.trainer.learning_rate=1e-3"], start
     if stage == "dpo":

@@ -1,5 +1,5 @@
-"""rlft.rloo.RLOOTrainer against stock trl.RLOOTrainer: the copied methods still match upstream
-outside the fences, the fused head matches TRL's, and whole runs agree step by step."""
+"""rlft.rloo.RLOOTrainer against stock trl.RLOOTrainer: the copied methods (rlft.rloo_trl) still match
+upstream outside the fences, the fused head matches TRL's, and whole runs agree step by step."""
 
 import inspect
 import math
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlft import rloo
+from rlft import rloo, rloo_trl
 
 
 def _fenced_diff(ours: str, upstream: str) -> list[str]:
@@ -33,7 +33,7 @@ def _fenced_diff(ours: str, upstream: str) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("name", rloo.COPIED_FROM_TRL)
+@pytest.mark.parametrize("name", rloo_trl.COPIED_FROM_TRL)
 def test_copied_methods_equal_upstream_outside_fences(name):
     import trl
 
@@ -259,13 +259,13 @@ def test_same_advantages_losses_gradients_and_weights_as_stock_trl(tiny_base, tm
 def test_the_comparison_with_stock_trl_catches_drift(tiny_base, tmp_path, monkeypatch, drift):
     """The check above is not vacuous: rlft made slightly wrong fails it, by the quantities named."""
     if drift == "baseline over k":  # the mean of all k rewards, not of the k - 1 others: advantages x (k-1)/k
-        real = rloo.rloo_advantages
+        real = rloo_trl.rloo_advantages
 
         def wrong(rewards, k, *args, **kwargs):
             advantages, kl = real(rewards, k, *args, **kwargs)
             return advantages * (k - 1) / k, kl
 
-        monkeypatch.setattr(rloo, "rloo_advantages", wrong)
+        monkeypatch.setattr(rloo_trl, "rloo_advantages", wrong)
         expected = ["advantages", "gradients at step 1", "weights"]
     else:
         real = rloo.linear_logprobs
@@ -294,7 +294,7 @@ def test_lora_policy_records_old_log_probs_while_sampling(tiny_base, tmp_path):
 
 
 def test_failing_reward_marks_samples_unscorable_and_the_run_goes_on(tiny_base, tmp_path):
-    from rlft.rewards import guarded
+    from rlft.reward_functions import guarded
 
     state = {"calls": 0}
 
@@ -313,7 +313,7 @@ def test_failing_reward_marks_samples_unscorable_and_the_run_goes_on(tiny_base, 
 
 
 def test_guarded_reward_contract():
-    from rlft.rewards import guarded
+    from rlft.reward_functions import guarded
 
     seen = []
     f = guarded("x", lambda prompts, completions, **k: [1, float("inf"), None, 0.5])
@@ -328,8 +328,8 @@ def test_pass_at_k_objective_anneals_k_and_logs_what_it_climbs(tiny_base, tmp_pa
     schedule (4, 4, then 1), the log shows k and the max@k estimate; k = 1 trains exactly as RLOO."""
     from rlft import models
 
-    seen, real = [], rloo.rloo_advantages
-    monkeypatch.setattr(rloo, "rloo_advantages",
+    seen, real = [], rloo_trl.rloo_advantages
+    monkeypatch.setattr(rloo_trl, "rloo_advantages",
                         lambda *a, **kw: seen.append((kw["pass_k"], *real(*a, **kw))) or seen[-1][1:])
     sgd = {"optim": "sgd", "learning_rate": 0.05, "max_grad_norm": 0.0, "normalize": False}
     trainer, _ = _run(rloo.RLOOTrainer, tiny_base, tmp_path / "pk", 0.0, objective="pass_at_k",

@@ -1,4 +1,4 @@
-"""The `rlft` command. Heavy imports live inside the commands, so `rlft --help` is instant.
+"""The `rlft` command. Each command imports its module when it runs, so `rlft --help` is instant.
 
     rlft train stage=sft model=tiny data=countdown run_dir=runs/sft max_steps=4
     rlft pipeline experiment=tiny_math
@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlft.errors import UserError
-from rlft.train import Stopped  # stdlib imports only: `rlft --help` stays instant
+from rlft.errors import Stopped, UserError
 
 TRAIN_HELP = """\
 Compose a config with Hydra and run one stage. Overrides are Hydra's KEY=VALUE:
@@ -21,6 +20,10 @@ Compose a config with Hydra and run one stage. Overrides are Hydra's KEY=VALUE:
   model=tiny           model preset (configs/model/): tiny (built locally) or qwen2_5_0_5b
   data=countdown       data preset (configs/data/)
   peft=none|lora|qlora full fine-tuning, LoRA, or QLoRA (4-bit base + LoRA)
+  rm_loss=bt|siamese|regression   stage=rm: the reward model's loss
+  reward_model=tiny    reward-model backbone (stage=rm; reward= and judge=reward_model score with it)
+  reward=countdown|ifcheck|reward_model|countdown_and_reward_model   what stage=rloo rewards
+  judge=rule|reward_model|endpoint   how stage=winrate scores win-rates
   experiment=NAME      a bundle of overrides (configs/experiment/)
   run_dir=DIR          where config.yaml, env.json, metrics.jsonl, model/ and DONE go
   max_steps=N seed=N overwrite=true resume=true init_from=MODEL_DIR
@@ -30,6 +33,18 @@ SIGTERM or Ctrl-C saves a checkpoint at the end of the current optimizer step an
   stage.trainer.KEY=V  any field of the stage's TRL config (SFTConfig, ...); +KEY=V adds one
 
 Show the composed config without running: rlft train --cfg ...
+"""
+
+PIPELINE_HELP = """\
+rlft pipeline experiment=NAME [KEY=VALUE ...] [TAG:KEY=VALUE ...]
+
+Run the steps an experiment lists under `pipeline:` in order (each one `rlft train`), skipping
+DONE ones and resuming interrupted ones, then `rlft report`:
+  experiment=tiny_math   make demo; also tiny_if, paper_math, paper_if
+  KEY=VALUE              to every step (runs_dir=DIR, max_steps=N, ...)
+  TAG:KEY=VALUE          to the steps tagged TAG: their stage (sft, rm, dpo, rloo, bon, winrate)
+                         or a tag of the step (paper_math: warmstart, countdown), e.g.
+                         rloo:stage.trainer.learning_rate=1e-6
 """
 
 
@@ -46,9 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config-dir", help="a folder of your own configs, searched after the shipped ones")
     train.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     pipe = sub.add_parser("pipeline", help="run an experiment's stages in order, skipping finished ones",
-                          description="rlft pipeline experiment=tiny_math [KEY=VALUE ...]")
+                          description=PIPELINE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     pipe.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     pipe.add_argument("--config-dir", help="a folder of your own configs, searched after the shipped ones")
+    pipe.add_argument("--dry-run", action="store_true", help="print each step's `rlft train` command and run nothing")
+    pipe.add_argument("--launcher", help='run training steps as `LAUNCHER rlft train ...`, e.g. '
+                                         '"accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m"')
+    pipe.add_argument("--note", default=None, help="a line printed above the report's tables (replaces report.note)")
     rep = sub.add_parser("report", help="results tables (markdown, CSV) and PNG plots from run dirs",
                          description="rlft report RUN_DIR... [--out DIR]")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -58,11 +77,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if rest:  # KEY=VALUE after an option (rlft pipeline experiment=x --dry-run runs_dir=y): still overrides
+        if args.command not in ("train", "pipeline") or any(r.startswith("-") for r in rest):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.overrides += rest
     if args.command is None:
         _parser().print_help()
         return 2
     try:
+        # imported per command: rlft.train brings hydra and omegaconf, rlft.report yaml; `--help` needs none
         if args.command == "train":
             from rlft.train import train
 
@@ -70,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pipeline":
             from rlft.train import pipeline
 
-            return pipeline(args.overrides, config_dir=args.config_dir)
+            return pipeline(args.overrides, config_dir=args.config_dir, dry_run=args.dry_run,
+                            launcher=args.launcher, note=args.note)
         if args.command == "report":
             from rlft.report import report
 
@@ -80,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlft: error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:  # SIGTERM / SIGINT during `rlft train`: where the checkpoint is, how to resume
-        from rlft.rundir import is_main_process
+        from rlft.rundir import is_main_process  # imported by then: no cost here, none at `--help`
 
         if is_main_process():
             print(f"rlft: {e}", file=sys.stderr)

@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import os
 import inspect
+import os
+import types
+import typing
 from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import (ConfigCompositionException, InstantiationException, MissingConfigException,
+                          OverrideParseException)
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from rlft.errors import UserError
 
@@ -28,8 +38,6 @@ def group_options(group: str) -> list[str]:
 
 
 def _register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
     if not OmegaConf.has_resolver("rlft.bf16"):
         # bf16 only where the hardware has it: TRL configs default to bf16=True, which silently
         # autocasts on CPU. Resolved lazily, so composing a config never imports torch.
@@ -45,23 +53,19 @@ def _register_resolvers() -> None:
 
 
 def _bf16_available() -> bool:
-    import torch
+    import torch  # only when a config resolves ${rlft.bf16:}: composing imports no torch (~1.5 s)
 
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def _ranks_without_accelerator() -> bool:
-    import torch
+    import torch  # only when a config resolves ${rlft.use_cpu:}: composing imports no torch (~1.5 s)
 
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
 def compose(overrides: list[str], extra_config_dir: str | None = None):
     """The resolved-on-access DictConfig for `rlft train <overrides>`."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-
     _register_resolvers()
     overrides = list(overrides)
     if extra_config_dir:
@@ -98,9 +102,6 @@ def _first_line(e: BaseException) -> str:
 def _unknown_key_message(key: str, overrides: list[str]) -> str:
     """"unknown config key 'max_step' (did you mean 'max_steps'?)" for a misspelled override.
     Candidates are the node's keys plus, for a `_target_` node, its callable's arguments."""
-    from hydra import compose as hydra_compose
-    from omegaconf import OmegaConf
-
     parent, _, leaf = key.rpartition(".")
     known: list[str] = []
     try:
@@ -132,9 +133,14 @@ def _signature_params(target: str) -> dict | None:
 
 
 def validate(cfg) -> None:
-    """Bind every `_target_` node's arguments to its callable's signature, building nothing:
-    a misspelled TRL knob or builder argument is reported by its full key before any work."""
-    from omegaconf import DictConfig, ListConfig
+    """Bind every `_target_` node's arguments to its callable's signature, building nothing: a
+    misspelled TRL knob or builder argument is reported by its full key before any work; and check
+    the values rlft reads itself. Binding imports each target's module (trl, transformers: seconds),
+    so the value checks come first, except a seed or max_steps that is no integer at all: binding
+    names the TRL knob it fills (stage.trainer.max_steps: expected int), and only then rlft's check."""
+    _check_run_knobs(cfg, integers_only=True)
+    _check_master_weights(cfg)
+    _check_sampling(cfg)
 
     def walk(node, path: str):
         if isinstance(node, DictConfig):
@@ -153,8 +159,6 @@ def validate(cfg) -> None:
 
     walk(cfg, "")
     _check_run_knobs(cfg)
-    _check_master_weights(cfg)
-    _check_sampling(cfg)
     _check_rloo_objective(cfg)
 
 
@@ -163,8 +167,7 @@ def _check_rloo_objective(cfg) -> None:
     algorithm = cfg.get("stage", {}).get("algorithm")
     if not algorithm or not {"objective", "pass_k", "pass_k_schedule"} & set(algorithm.keys()):
         return
-    from omegaconf import OmegaConf
-
+    # rlft.rloo imports trl's trainer (~10 s); rlft train imports this module before any config error
     from rlft.rloo import pass_k_schedule_from
 
     schedule = algorithm.get("pass_k_schedule")
@@ -180,15 +183,13 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_run_knobs(cfg) -> None:
+def _check_run_knobs(cfg, integers_only: bool = False) -> None:
     """`seed` and `max_steps`, checked before any work: numpy rejects a seed outside 0..2**32-1 with a
     traceback deep in set_seed, and max_steps=0 is no step count at all (transformers' trainer takes
     it as a budget of 0 steps, still runs one optimizer step before checking it, and the run is
     DONE). Any negative max_steps means "train num_train_epochs" to transformers; only -1, the
     default, is accepted as that spelling, so a typo like max_steps=-10 does not train whole epochs.
     A key the user set apart from the top-level one (stage.trainer.seed=...) is named as itself."""
-    from omegaconf import DictConfig
-
     trainer = cfg.stage.get("trainer") if isinstance(cfg.stage, DictConfig) else None
 
     def values(key: str):
@@ -199,28 +200,34 @@ def _check_run_knobs(cfg) -> None:
                 yield f"stage.trainer.{key}", trainer[key]
 
     for name, seed in values("seed"):
+        if integers_only and not _is_int(seed):
+            continue
         if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
             raise UserError(f"{name}={seed}: a seed is an integer from 0 to {SEED_MAX} (numpy's range); "
                             f"e.g. {name}=0")
     for name, steps in values("max_steps"):
+        if integers_only and not _is_int(steps):
+            continue
         if not _is_int(steps) or not (steps >= 1 or steps == -1):
             raise UserError(f"{name}={steps}: set a number of optimizer steps >= 1, or -1 to train "
                             "stage.trainer.num_train_epochs (the default)")
 
 
 def _check_sampling(cfg) -> None:
-    """stage=bon draws its N samples per prompt (Countdown; or the best-of-N pick with select=reward)
-    at the top-level `temperature`. At 0 every sample would be the one greedy answer, so best-of-N
-    would be greedy accuracy N times over (greedy accuracy is reported already) and transformers
-    refuses to sample at 0 anyway; a negative temperature is not a temperature. Likewise the
-    instruction data's sampled `decoding` (decoding.do_sample=true) needs decoding.temperature > 0."""
-    if cfg.stage.get("name") != "bon":
+    """stage=bon draws its N samples per prompt at the top-level `temperature`, and so does
+    stage=winrate's best-of-N pick (select=reward). At 0 every sample would be the one greedy answer,
+    so best-of-N would be greedy accuracy N times over (greedy accuracy is reported already) and
+    transformers refuses to sample at 0 anyway; a negative temperature is not a temperature.
+    Likewise stage=winrate's sampled `decoding` (decoding.do_sample=true) needs decoding.temperature > 0."""
+    stage = cfg.stage.get("name")
+    if stage not in ("bon", "winrate"):
         return
     n, temperature = cfg.get("n"), cfg.get("temperature")
-    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature <= 0:
+    samples_n = stage == "bon" or cfg.get("select") == "reward"
+    if samples_n and isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature <= 0:
         why = (f"all n={n} samples per prompt would be the same greedy answer, so best-of-{n} would mean nothing"
                if _is_int(n) and n > 1 else "samples need a temperature > 0")
-        raise UserError(f"temperature={temperature} with n={n}: stage=bon samples n answers per prompt at "
+        raise UserError(f"temperature={temperature} with n={n}: stage={stage} samples n answers per prompt at "
                         f"`temperature`; {why} (greedy accuracy is reported already); set temperature > 0 "
                         "(the paper's 1.0)")
     decoding = cfg.get("decoding")
@@ -273,9 +280,6 @@ _SCALARS = (bool, int, float, str)
 def _scalar_types(annotation) -> set | None:
     """The scalar types an annotation admits (int | None -> {int}); None when it admits anything
     else too (lists, dicts, enums, Any), so only plain scalar knobs are type-checked."""
-    import types
-    import typing
-
     if annotation in _SCALARS:
         return {annotation}
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -293,9 +297,6 @@ def _scalar_types(annotation) -> set | None:
 
 def _literal_choices(annotation) -> tuple | None:
     """The values a Literal[...] annotation (or an Optional one) admits; None for any other."""
-    import types
-    import typing
-
     if typing.get_origin(annotation) is typing.Literal:
         return typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -308,10 +309,6 @@ def _literal_choices(annotation) -> tuple | None:
 
 def _check_type(target: str, param: inspect.Parameter, node, key: str, path: str) -> None:
     """A mistyped knob (max_steps=abc, learning_rate=fast) is named before any work."""
-    import typing
-
-    from omegaconf.errors import OmegaConfBaseException
-
     annotation = param.annotation
     if isinstance(annotation, str):  # postponed annotations (dataclasses of `from __future__` modules)
         module_name, _, attr = target.rpartition(".")
@@ -342,9 +339,6 @@ def _check_type(target: str, param: inspect.Parameter, node, key: str, path: str
 def build(node, **kwargs):
     """hydra.utils.instantiate(node, _convert_="all"), letting a UserError raised inside a
     `_target_` (a bad data file, a missing model) reach the CLI as itself, not wrapped."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as e:

@@ -2,15 +2,27 @@
 
 Each public function here is a `_target_` of a configs/data/ preset and returns a
 `datasets.Dataset` in TRL's conversational format ({"messages": [...]}).
+
+Loaders of files and hub splits check and convert rows as Python objects, then build the Dataset
+once (`_kept`), rather than through Dataset.map/filter: a user's file may mix types in one field
+(text in one row, a list or null in the next) that Arrow cannot hold in one column, so the checks
+that name a bad row (file, row, field) and drop and count untrainable ones must run before any
+Dataset exists; a hub split goes through the same checks, as rows, so both paths give the same
+messages and counts.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
+import datasets
+import pyarrow.parquet as pq
+
 from rlft.errors import UserError
+from rlft.tasks import countdown, ifcheck
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -25,8 +37,6 @@ def load_rows(path: str, split: str = "train", max_rows: int | None = None) -> t
         if not p.is_file():
             raise UserError(f"data file {str(p)!r} {'is not a file' if p.exists() else 'does not exist'}")
         if p.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
             try:
                 rows = pq.read_table(p).to_pylist()
             except Exception as e:  # pyarrow's many error types: all one line for the user
@@ -38,8 +48,6 @@ def load_rows(path: str, split: str = "train", max_rows: int | None = None) -> t
         if not rows:
             raise UserError(f"data file {str(p)!r} has no rows")
         return rows[:max_rows] if max_rows else rows, str(p)
-    import datasets
-
     try:
         ds = datasets.load_dataset(path, split=split)
     except Exception as e:  # offline, unknown name, unknown split: all one line for the user
@@ -136,8 +144,6 @@ def _kept(out: list[dict], dropped: Counter, total: int, where: str, min_kept_fr
     """The rows a loader kept, as a Dataset carrying `dropped` (reason -> rows; the model card reads
     it through dropped_rows), or one line when none, or too few, survive: a file whose rows are all
     empty must not train (TRL would fit the end-of-turn token alone and write DONE)."""
-    import datasets
-
     if not out:
         raise UserError(f"{where}: no usable rows: all {total} rows dropped ({_reasons(dropped)})")
     if len(out) < min_kept_fraction * total:
@@ -169,8 +175,6 @@ def query_completion_sft_dataset(path: str, split: str = "train", system_prompt:
     A row whose query states a `heldout` Countdown problem (in TinyZero's wording, read by
     countdown.parse_problem) is dropped and counted, so held-out evaluation stays unseen; so is a
     row whose query or completion is empty (as first_turn_sft_dataset drops an empty turn)."""
-    from rlft.tasks import countdown
-
     rows, where = load_rows(path, split, max_rows)
     exclude = {countdown.problem_key(p) for p in heldout or []}
     out, dropped = [], Counter()
@@ -195,10 +199,6 @@ def countdown_sft_dataset(n: int, seed: int, template: str, think: bool, system_
                           problems: dict, heldout: list[dict] | None = None, distinct: bool = True):
     """`n` generated Countdown problems with solver-verified worked solutions, none of them in
     `heldout` (the evaluation problems), as chat rows."""
-    import datasets
-
-    from rlft.tasks import countdown
-
     exclude = {countdown.problem_key(p) for p in heldout or []}
     rows = countdown.synthetic_sft_rows(
         n, seed, template=template, think=think, system_prompt=system_prompt, progress=True,
@@ -211,10 +211,6 @@ def countdown_prompt_dataset(n: int, seed: int, template: str, system_prompt: st
                              heldout: list[dict] | None = None, distinct: bool = True):
     """`n` generated Countdown problems as on-policy prompts ({prompt, nums, target}: the verifier
     reward reads nums and target), none of them in `heldout`."""
-    import datasets
-
-    from rlft.tasks import countdown
-
     exclude = {countdown.problem_key(p) for p in heldout or []}
     rows = countdown.generate_problems(n, seed + 1, exclude=exclude, distinct=distinct, **problems)
     return datasets.Dataset.from_list([
@@ -231,8 +227,6 @@ def countdown_hub_problems(path: str, split: str = "train", n: int = 200, seed: 
     every machine and the first k of a draw of n are the draw of k (num_prompts=50 evaluates a
     subset of the 200). Every row is schema-checked, so a bad file fails whatever the seed.
     """
-    import random
-
     rows, where = load_rows(path, split)
     problems = [_countdown_problem(row, where, i) for i, row in enumerate(rows)]
     if not 1 <= n <= len(problems):
@@ -258,10 +252,6 @@ def _countdown_problem(row: dict, where: str, i: int) -> dict:
 def ifcheck_prompt_dataset(n: int, seed: int, system_prompt: str | None = None, heldout: list[dict] | None = None):
     """Generated ifcheck prompts as on-policy prompts ({prompt, constraints (JSON)}: the rule judge
     reward reads the constraints), none of them held out."""
-    import datasets
-
-    from rlft.tasks import ifcheck
-
     rows = ifcheck.preference_rows(n, seed + 1, exclude={p["prompt"] for p in heldout or []})
     return datasets.Dataset.from_list([
         {"prompt": _with_system([{"role": "user", "content": r["prompt"]}], system_prompt),
@@ -303,10 +293,6 @@ def ifcheck_preference_dataset(n: int, seed: int, system_prompt: str | None = No
                                heldout: list[dict] | None = None):
     """Generated ifcheck pairs (chosen satisfies every constraint, rejected breaks one), none
     with a held-out prompt."""
-    import datasets
-
-    from rlft.tasks import ifcheck
-
     rows = ifcheck.preference_rows(n, seed, exclude={p["prompt"] for p in heldout or []})
     return datasets.Dataset.from_list([
         _preference_row(_with_system([{"role": "user", "content": r["prompt"]}], system_prompt),
@@ -315,17 +301,13 @@ def ifcheck_preference_dataset(n: int, seed: int, system_prompt: str | None = No
 
 def ifcheck_sft_dataset(n: int, seed: int, system_prompt: str | None = None, heldout: list[dict] | None = None):
     """The chosen side of generated ifcheck pairs as chat rows (SFT before DPO)."""
-    import datasets
-
     pairs = ifcheck_preference_dataset(n, seed, system_prompt, heldout)
-    return datasets.Dataset.from_list([{"messages": r["prompt"] + r["chosen"]} for r in pairs])
+    return pairs.map(lambda r: {"messages": r["prompt"] + r["chosen"]}, remove_columns=pairs.column_names)
 
 
 def ultrafeedback_prompt_dataset(path: str, split: str = "train_gen", system_prompt: str | None = None,
                                  max_rows: int | None = None):
     """UltraFeedback prompts (train_gen) as TRL conversational prompts, for on-policy stages."""
-    import datasets
-
     rows, where = load_rows(path, split, max_rows)
     out = []
     for i, row in enumerate(rows):
@@ -360,8 +342,6 @@ def smoltalk_heldout_prompts(path: str, split: str = "test", n: int = 200, seed:
     replacement from one seeded stream, so it is the same on every machine and the first k of a
     draw of n are the draw of k (num_prompts=50 judges a subset of the 200).
     """
-    import random
-
     rows, where = load_rows(path, split)
     if not any(isinstance(row, dict) and "messages" in row for row in rows):  # another schema: say so
         raise UserError(f"{where}: row 0: missing required field 'messages'")

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from rlft.metrics import mean_interval, wilson_interval
+import json
+
+import torch
+from tqdm.auto import tqdm
+from transformers import set_seed
+
+from rlft.metrics import expected_max_at_k, expected_pick_at_k, mean_interval, pass_at_k, wilson_interval, win_rate
+from rlft.models import stop_token_ids
+from rlft.tasks import countdown, ifcheck
 from rlft.tasks.countdown import Scorer
 
 
@@ -44,11 +52,6 @@ def generate(
     if hasattr(model, "generate_texts"):
         return model.generate_texts(prompts, max_new_tokens, do_sample, temperature, num_return_sequences, top_p,
                                     repetition_penalty)
-    import torch
-    from tqdm.auto import tqdm
-
-    from rlft.models import stop_token_ids
-
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
     model.eval()
@@ -81,8 +84,6 @@ def generate(
 
 
 def _countdown_prompts(tokenizer, problems: list[dict], template: str, system_prompt: str | None) -> list[str]:
-    from rlft.tasks import countdown
-
     users = [countdown.make_prompt(p["nums"], p["target"], template) for p in problems]
     return chat_prompts(tokenizer, users, system_prompt)
 
@@ -96,8 +97,6 @@ def countdown_heldout(model, tokenizer, problems: list[dict], template: str, sys
     Reports exact-match accuracy (Wilson 95% CI) and the mean TinyZero score (0/0.1/1, normal
     95% CI) both, since the paper's "accuracy" is the mean score with 0.1 format credit in it.
     """
-    from rlft.tasks import countdown
-
     countdown.check_rule(scorer)  # before any generation
     responses = generate(model, tokenizer, _countdown_prompts(tokenizer, problems, template, system_prompt),
                          max_new_tokens, batch_size, desc="countdown held-out")
@@ -131,9 +130,6 @@ def countdown_best_of_n(model, tokenizer, problems: list[dict], template: str, s
     (a reward model), each subset's pick is its highest-key sample instead, scored by the verifier.
     `scorer` is the verifier's rule (countdown.SCORERS), for picking and scoring both.
     """
-    from rlft.metrics import expected_max_at_k, expected_pick_at_k, pass_at_k
-    from rlft.tasks import countdown
-
     countdown.check_rule(scorer)  # before any sampling
     prompts = _countdown_prompts(tokenizer, problems, template, system_prompt)
     responses = generate(model, tokenizer, prompts, max_new_tokens, max(1, batch_size // n), do_sample=True,
@@ -175,10 +171,6 @@ def ifcheck_heldout(model, tokenizer, prompts: list[dict], system_prompt: str | 
     """Greedy responses to held-out ifcheck prompts, judged by the rule checker: the mean
     fraction of constraints satisfied and the rate of fully satisfied prompts, with per-prompt
     judge scores kept for win-rates against another model."""
-    import json
-
-    from rlft.tasks import ifcheck
-
     responses = generate(model, tokenizer, chat_prompts(tokenizer, [p["prompt"] for p in prompts], system_prompt),
                          max_new_tokens, batch_size, desc="ifcheck held-out")
     scores = [ifcheck.judge(r, json.loads(p["constraints"])) for r, p in zip(responses, prompts)]
@@ -209,10 +201,6 @@ def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows:
     for both models. When sampling, each model's generation starts from `seed`, so every policy
     evaluated meets the same reference responses.
     """
-    from transformers import set_seed
-
-    from rlft.metrics import win_rate
-
     decoding = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0, **(decoding or {})}
     texts = [r["prompt"] for r in rows]
     messages = chat_messages(texts, system_prompt)

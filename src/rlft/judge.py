@@ -8,16 +8,16 @@
 
 Three judges, one per kind of evidence:
   rule_scores          ifcheck's rule judge (offline pipeline; exact, no model)
-  reward_model_scores  a local reward model through reward.score (the same contract as training)
+  reward_model_scores  a local reward model through reward_models.score (the same contract as training)
   endpoint_scores      a reward model served behind an OpenAI-compatible chat-completions endpoint
                        that answers "reward:<float>", as the paper used Llama-3.1-Nemotron-70B-Reward:
                        sent the user turn and the assistant turn only, 429s waited out (Retry-After),
                        each attempt bounded as a whole by `timeout`, redirects refused (the key stays home),
                        scores cached on disk by (model id, messages sent) so a rerun pays only for new pairs
 
-endpoint_scores uses the standard library only (urllib, a thread pool): a judge run is a few
-thousand small POSTs, which does not justify a client dependency. The reply is parsed with one
-strict regex and never evaluated; an endpoint is untrusted input.
+endpoint_scores uses the standard library only (urllib, a thread pool). Not the `openai` client: it follows
+redirects by default, and httpx bounds each read, never a whole request (a byte every 0.25 s never times out).
+The reply is parsed with one strict regex and never evaluated; an endpoint is untrusted input.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from rlft import reward_models
 from rlft.errors import UserError
+from rlft.tasks import ifcheck
 
 # The whole reply must be "reward:<float>": a prefix match would accept "reward:1; anything".
 REWARD = re.compile(r"reward:\s*([-+]?\d+(\.\d+)?([eE][-+]?\d+)?)")
@@ -45,7 +47,7 @@ MAX_REPLY_BYTES = 1 << 20  # a reward reply is tens of bytes; cap what a broken 
 
 
 def _same_length(inputs: list, responses: list, what: str, inputs_name: str = "prompts") -> None:
-    # reward.score zips without strict=True: a short list would silently drop samples from a win rate.
+    # reward_models.score zips without strict=True: a short list would silently drop samples from a win rate.
     if len(inputs) != len(responses):
         raise UserError(f"{what}: {len(inputs)} {inputs_name} but {len(responses)} responses; "
                         "they must pair up one to one")
@@ -54,20 +56,16 @@ def _same_length(inputs: list, responses: list, what: str, inputs_name: str = "p
 def rule_scores(responses: list[str], constraints_list: list) -> list[float]:
     """ifcheck's rule judge per sample (fraction of constraints satisfied, 0..1). Constraints may be
     lists of dicts or the JSON strings ifcheck rows store them as."""
-    from rlft.tasks import ifcheck
-
     _same_length(constraints_list, responses, "rule judge", "constraint lists")
     return [ifcheck.judge(r, json.loads(c) if isinstance(c, str) else c) for r, c in zip(responses, constraints_list)]
 
 
 def reward_model_scores(model, tokenizer, prompts: list[list[dict]], responses: list[str], fmt: str, max_length: int,
                         batch_size: int = 32) -> list[float]:
-    """A local reward model's scores through reward.score, so a judge sees inputs encoded exactly as
-    the reward model was trained on them (prompts are chat messages [{"role", "content"}])."""
-    from rlft.reward import score
-
+    """A local reward model's scores through reward_models.score, so a judge sees inputs encoded exactly
+    as the reward model was trained on them (prompts are chat messages [{"role", "content"}])."""
     _same_length(prompts, responses, "reward-model judge")
-    return score(model, tokenizer, prompts, responses, fmt, max_length, batch_size)
+    return reward_models.score(model, tokenizer, prompts, responses, fmt, max_length, batch_size)
 
 
 def endpoint_scores(prompts: list[list[dict]], responses: list[str], base_url: str, model: str,
@@ -417,7 +415,7 @@ def _snippet(raw: bytes) -> str:
 
 # --------------------------------------------------------------------------- judges from config (configs/judge/)
 # Each returns judge(prompts, responses, rows) -> scores, rows being the held-out rows (the rule
-# judge reads their constraints); stage=bon compares two models' responses with it.
+# judge reads their constraints); stage=winrate compares two models' responses with it.
 
 def rule_judge():
     """configs/judge/rule.yaml: ifcheck's rules on each held-out row's constraints."""
@@ -426,10 +424,8 @@ def rule_judge():
 
 def reward_model_judge(path: str, fmt: str = "chat", max_length: int = 1024, batch_size: int = 32,
                        dtype: str = "float32"):
-    """configs/judge/rm.yaml: a local reward model dir (e.g. stage=rm's model/) or hub id."""
-    from rlft.reward import load_scorer
-
-    model, tokenizer = load_scorer(path, fmt, dtype)
+    """configs/judge/reward_model.yaml: a local reward model dir (e.g. stage=rm's model/) or hub id."""
+    model, tokenizer = reward_models.load_scorer(path, fmt, dtype)
     return lambda prompts, responses, rows: reward_model_scores(model, tokenizer, prompts, responses, fmt, max_length,
                                                                 batch_size)
 

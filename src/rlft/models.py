@@ -22,8 +22,31 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rlft import modelkind
+import torch
+from filelock import FileLock
+from peft import PeftModel
+from safetensors import SafetensorError
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+from tokenizers.models import BPE
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
+    GenerationConfig,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2ForSequenceClassification,
+    Qwen2Tokenizer,
+)
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+from rlft import config, modelkind
 from rlft.errors import UserError
+from rlft.rundir import is_main_process, publish_dir, staging_dir
+from rlft.tasks import countdown, ifcheck
 
 # ChatML, as Qwen2.5 renders it, with {% generation %} around what the assistant says so TRL can
 # train on assistant tokens only (assistant_only_loss). No default system turn: data adds one.
@@ -44,8 +67,6 @@ TINY_BUILD_VERSION = 3  # bump when the builder's output changes for the same ar
 
 def _tiny_corpus() -> list[str]:
     """Text the tiny tokenizer is trained on: every task's prompts and answers, in chat form."""
-    from rlft.tasks import countdown, ifcheck
-
     def chat(messages):
         return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
 
@@ -61,11 +82,7 @@ def _tiny_corpus() -> list[str]:
 
 def _train_tokenizer(vocab_size: int):
     """A Qwen2Tokenizer whose BPE vocabulary and merges were learnt from `_tiny_corpus`."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -121,8 +138,6 @@ def _cached_build(cache_dir: str, prefix: str, kwargs: dict, build) -> str:
     problem = _verify_build(out)
     if problem is None:
         return str(out)
-
-    from filelock import FileLock
 
     tmp = None
     try:
@@ -211,11 +226,8 @@ def build_tiny_causal_lm(
     kwargs = {k: v for k, v in locals().items() if k != "cache_dir"}
 
     def build(tmp: Path) -> None:
-        import torch
-        from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
         tokenizer = _train_tokenizer(vocab_size)
-        config = Qwen2Config(
+        lm_config = Qwen2Config(
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,
             intermediate_size=intermediate_size,
@@ -229,7 +241,7 @@ def build_tiny_causal_lm(
             pad_token_id=tokenizer.pad_token_id,
         )
         torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
+        model = Qwen2ForCausalLM(lm_config)
         model.generation_config = GenerationConfig(
             eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id
         )
@@ -258,10 +270,6 @@ def build_tiny_reward_model(
         raise UserError(f"reward_model.build.arch: unknown {arch!r} (use qwen2 or deberta)")
 
     def build(tmp: Path) -> None:
-        import torch
-        from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, Qwen2Config
-        from transformers import Qwen2ForSequenceClassification
-
         tokenizer = _train_tokenizer(vocab_size)
         common = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
                       num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
@@ -291,15 +299,11 @@ def resolve_model_path(model_cfg, init_from: str | None = None) -> str:
             raise UserError(f"init_from: model dir {init_from!r} does not exist")
         return str(init_from)
     if model_cfg.get("build"):
-        from rlft.config import build
-
-        return build(model_cfg.build)
+        return config.build(model_cfg.build)
     return str(model_cfg.path)
 
 
 def load_tokenizer(path: str, chat_template: str | None = "chatml"):
-    from transformers import AutoTokenizer
-
     tokenizer = _from_pretrained(AutoTokenizer, path)
     sample = tokenizer.encode("Numbers: 3 7 12. Target: 16. Hello world", add_special_tokens=False)
     if len(set(sample)) < 2:  # e.g. tokenizer.json gone: transformers falls back to the special tokens alone
@@ -316,12 +320,7 @@ def load_causal_lm(path: str, dtype: str = "float32", quantization: str | None =
     """AutoModelForCausalLM from a local dir or hub id; `quantization="4bit"` for QLoRA. A dir of
     another kind (a reward model, a reward model's LoRA adapter) or a checkpoint missing weights
     is refused with one line: they would train or sample with random weights (rlft.modelkind)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     if quantization == "4bit":
-        from transformers import BitsAndBytesConfig
-
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -351,8 +350,6 @@ def _from_pretrained(cls, path: str, **kwargs):
     """cls.from_pretrained with the one-line error a user needs when the model is not there.
     Without HF_HUB_OFFLINE and without a network, huggingface_hub retries for about a minute
     before it fails: the error says that HF_HUB_OFFLINE=1 skips the wait."""
-    from safetensors import SafetensorError
-
     try:
         return cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:
@@ -368,8 +365,6 @@ def _from_pretrained(cls, path: str, **kwargs):
 
 def merge_adapter(base_path: str, adapter_dir: str, dtype: str = "float32"):
     """Base weights (full precision, even after QLoRA) with a LoRA adapter merged in."""
-    from peft import PeftModel
-
     return PeftModel.from_pretrained(load_causal_lm(base_path, dtype), adapter_dir).merge_and_unload()
 
 
@@ -383,8 +378,6 @@ def save_trained(trainer, run_dir: str, base_path: str, tokenizer, dtype: str, p
     Atomic: everything is written to model.partial/ (adapter.partial/) and only a complete
     directory is moved into place (rundir.publish_dir), so a kill or an error while saving leaves
     the previous model/ (or none), never a half-written one."""
-    from rlft.rundir import is_main_process, publish_dir, staging_dir
-
     model_dir, adapter_dir = Path(run_dir) / "model", Path(run_dir) / "adapter"
     staged_model, staged_adapter = staging_dir(model_dir), staging_dir(adapter_dir)
     if is_main_process():  # leftovers of an attempt killed while saving
@@ -419,9 +412,6 @@ def load_reward_model(path: str, dtype: str = "float32", scoring: bool = False):
     refused (its score head would be random); a base backbone (distilbert-base-uncased) loads
     with a new head, which stage=rm then trains, unless `scoring` (the model only scores: a new
     head would be random) (rlft.modelkind)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
     model = _load_model(AutoModelForSequenceClassification, path, modelkind.REWARD_MODEL, dtype=getattr(torch, dtype),
                         num_labels=1, new_head_ok=not scoring)
     if model.config.pad_token_id is None:  # last-token pooling needs to find the padding
@@ -430,14 +420,14 @@ def load_reward_model(path: str, dtype: str = "float32", scoring: bool = False):
 
 
 class VLLMPolicy:
-    """A model dir served by vLLM for sampling (stage=bon generation_backend=vllm on a GPU box):
-    evaluate.generate hands its prompts here instead of transformers' generate, and results keep
-    the same schema. Only generation goes through vLLM; nothing is trained."""
+    """A model dir served by vLLM for sampling (stage=bon or stage=winrate with generation_backend=vllm,
+    on a GPU box): evaluate.generate hands its prompts here instead of transformers' generate, and
+    results keep the same schema. Only generation goes through vLLM; nothing is trained."""
 
     def __init__(self, path: str, dtype: str, stop_ids: list[int], seed: int):
         modelkind.check_dir(path, modelkind.CAUSAL_LM)
         try:
-            from vllm import LLM
+            from vllm import LLM  # an optional extra (GPU boxes): rlft imports without it
         except ImportError:
             raise UserError("generation_backend=vllm needs the vllm package (pip install vllm, on a CUDA box); "
                             "or use generation_backend=transformers") from None
@@ -446,7 +436,7 @@ class VLLMPolicy:
 
     def generate_texts(self, prompts: list[str], max_new_tokens: int, do_sample: bool, temperature: float,
                        num_return_sequences: int, top_p: float = 1.0, repetition_penalty: float = 1.0) -> list[str]:
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # an optional extra, present once __init__ has run
 
         params = SamplingParams(n=num_return_sequences, temperature=temperature if do_sample else 0.0,
                                 top_p=top_p if do_sample else 1.0, repetition_penalty=repetition_penalty,

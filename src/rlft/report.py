@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from rlft.errors import UserError
 
 
@@ -24,8 +26,6 @@ def load_run(run_dir: str) -> dict:
     d = Path(run_dir)
     if not (d / "config.yaml").is_file():
         raise UserError(f"report: {str(d)!r} is not an rlft run dir (no config.yaml)")
-    import yaml
-
     try:
         cfg = yaml.safe_load((d / "config.yaml").read_text())
         stage = cfg["stage"]["name"]
@@ -210,6 +210,8 @@ def _save(plt, fig, axes, path: Path) -> bool:
 
 
 def _pyplot():
+    # matplotlib (~0.6 s) only to draw: `rlft train` imports this module for its closing table;
+    # and the off-screen backend must be chosen before pyplot is imported
     import matplotlib
 
     matplotlib.use("Agg")

@@ -23,6 +23,7 @@ the previous good state readable and never a DONE over partial outputs.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import platform
@@ -31,7 +32,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import zipfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from rlft.errors import UserError
 
@@ -198,8 +203,6 @@ def _file_problem(f: Path) -> str | None:
             if size == 0:
                 return "empty"
             if magic == b"PK\x03\x04":  # torch.save's zip format; truncation loses the central directory
-                import zipfile
-
                 try:
                     zipfile.ZipFile(f).close()
                 except zipfile.BadZipFile:
@@ -249,8 +252,6 @@ def start(cfg) -> Path:
 
 
 def _start(cfg, run_dir: Path) -> Path:
-    from omegaconf import OmegaConf
-
     done = run_dir / "DONE"
     if done.exists() and not cfg.overwrite:
         raise UserError(f"run_dir {str(run_dir)!r} holds a finished run (DONE); pass overwrite=true to replace it")
@@ -318,8 +319,6 @@ def _lock(run_dir: Path) -> None:
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
         raise UserError(f"run_dir {str(run_dir)!r} is not writable ({e.strerror})") from None
-    import fcntl
-
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -478,8 +477,6 @@ def _size(n: float) -> str:
 
 def environment(cfg) -> dict:
     """Everything needed to reproduce a run besides the config."""
-    from importlib.metadata import PackageNotFoundError, version
-
     versions = {}
     for name in PACKAGES:
         try:

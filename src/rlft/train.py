@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-class Stopped(BaseException):
-    """A signal ended the run (BaseException, like KeyboardInterrupt: no `except Exception` in a
-    library swallows it). The CLI prints the message (rank 0) and exits with `exit_code`."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum, self.exit_code = signum, 128 + signum
+from rlft import config, report, rundir
+from rlft.errors import Stopped, UserError
 
 
 class _AlreadyTrained(Exception):
@@ -42,12 +40,6 @@ _run = SimpleNamespace(pid=None, run_dir=None, pending=0, training=False, after_
 
 
 def train(overrides: list[str], config_dir: str | None = None, print_only: bool = False) -> int:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from rlft import config, rundir
-    from rlft.errors import UserError
-
     cfg = config.compose(overrides, config_dir)
     if cfg.get("pipeline"):
         raise UserError(f"experiment {cfg.run_name!r} is a pipeline of stages; run it with: rlft pipeline "
@@ -89,18 +81,14 @@ def train(overrides: list[str], config_dir: str | None = None, print_only: bool 
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if results and rundir.is_main_process():
-        from rlft.report import markdown, rows
-
         print(f"### {cfg.run_name} ({cfg.run_dir})\n")
-        print(markdown(rows([{"name": cfg.run_name, "stage": cfg.stage.name, "results": results}])))
+        print(report.markdown(report.rows([{"name": cfg.run_name, "stage": cfg.stage.name, "results": results}])))
     return 0
 
 
 def fit(trainer, cfg) -> None:
     """`trainer.train()` for a stage: from the checkpoint `resume=true` continues from
     (rundir.resume_checkpoint, the same on every rank), stopping at a signal with a checkpoint."""
-    from rlft import rundir
-
     trainer.add_callback(_run_control(trainer))
     try:
         trainer.train(resume_from_checkpoint=rundir.resume_checkpoint(cfg))
@@ -119,8 +107,6 @@ def _catch_signals() -> dict:
 
 
 def _on_signal(signum, frame) -> None:
-    from rlft.rundir import notice
-
     if _run.pid != os.getpid():  # a forked child (a DataLoader worker) inherited the handler: default action
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
@@ -128,7 +114,7 @@ def _on_signal(signum, frame) -> None:
     name = signal.Signals(signum).name
     if _run.training and not _run.pending:
         _run.pending = signum
-        notice(f"{name}: saving a checkpoint at the end of this optimizer step, then stopping "
+        rundir.notice(f"{name}: saving a checkpoint at the end of this optimizer step, then stopping "
                f"({name} again stops at once, unsaved)", in_signal_handler=True)
         return
     raise Stopped(signum, _stopped(signum))
@@ -136,13 +122,12 @@ def _on_signal(signum, frame) -> None:
 
 def _stopped(signum: int, checkpoint: Path | None = None, step: int | None = None) -> str:
     """The line a signal ends the run with: where the checkpoint is and how to continue."""
-    from rlft.rundir import checkpoints, is_complete_checkpoint
-
     name = signal.Signals(signum).name
     if checkpoint is not None:
         return (f"{name}: stopped at step {step}; checkpoint saved to {checkpoint}; "
                 "to continue, rerun the same command with resume=true")
-    kept = [c for c in checkpoints(_run.run_dir) if is_complete_checkpoint(c)] if _run.run_dir else []
+    kept = ([c for c in rundir.checkpoints(_run.run_dir) if rundir.is_complete_checkpoint(c)]
+            if _run.run_dir else [])
     if kept:
         return (f"{name}: stopped before the run finished; nothing saved since {kept[-1]}: "
                 "to continue from it, rerun the same command with resume=true")
@@ -151,6 +136,7 @@ def _stopped(signum: int, checkpoint: Path | None = None, step: int | None = Non
 
 def _run_control(trainer):
     """The TrainerCallback behind `fit`."""
+    # transformers takes ~6 s to import: `rlft train --cfg` (which imports this module) never needs it
     from transformers import TrainerCallback
     from transformers.trainer_callback import ProgressCallback
 
@@ -198,47 +184,124 @@ def _run_control(trainer):
 
 def _agree(signum: int, args) -> int:
     """The signal any rank got (ranks may get it at different steps; all must save at the same one)."""
+    # torch (~1.5 s) only once training runs: a config error from `rlft train` comes before it
+    import torch
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return signum
-    import torch
-
     flag = torch.tensor([signum], device=args.device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item())
 
 
-def pipeline(overrides: list[str], config_dir: str | None = None) -> int:
-    """`rlft pipeline experiment=NAME [key=value ...]`: the experiment's stages in order.
+def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool = False,
+             launcher: str | None = None, note: str | None = None) -> int:
+    """`rlft pipeline experiment=NAME [KEY=VALUE ...] [TAG:KEY=VALUE ...]`: the experiment's steps in
+    order, then `rlft report`. Every multi-step recipe is one (make demo, tiny-if, paper-math, paper-if).
 
-    Each step is `rlft train <step overrides> <your overrides> run_dir=<run_dir>/<step name>`;
-    steps read earlier steps' model dirs by interpolation (`init_from: ${run_dir}/sft/model`). A
-    step whose run dir is DONE is skipped and one with checkpoints resumes, so an interrupted
-    pipeline continues where it stopped. Ends with `rlft report` over the steps.
+    The experiment lists its steps under `pipeline:`: each a `name`, its `overrides` (an experiment,
+    the runs it starts from) and optional `tags` (e.g. the data it trains on). It may set `report:`
+    (`runs`: the steps reported, default all; `out`: default <run_dir>/report; `note`: a line above
+    the tables, which --note replaces):
+
+        pipeline:
+          - name: sft
+            overrides: [experiment=paper_math_sft]
+            tags: [warmstart]
+          - name: rloo
+            overrides: [experiment=paper_math_rloo, "init_from=${run_dir}/sft/model"]
+        report: {runs: [rloo], out: "${run_dir}/rloo_report"}
+
+    Each step is `rlft train <its overrides> <your KEY=VALUE> <your TAG:KEY=VALUE for its tags>
+    run_dir=<run_dir>/<name>`:
+    - KEY=VALUE goes to every step, except keys the pipeline experiment adds itself (`report.*`, a
+      recipe's own switch such as paper_if's `evaluation=`): those configure the pipeline;
+    - TAG:KEY=VALUE goes to the steps tagged TAG: a step's tags are its stage (sft, rm, dpo, rloo,
+      bon, winrate) plus its `tags:` (make's SFT_ARGS become sft:..., WARMSTART_ARGS warmstart:...);
+      a TAG no step has is an error;
+    - steps find earlier steps' outputs by interpolation (`${run_dir}/sft/model`); recipes whose
+      cells keep run dirs of their own (runs/paper_math_sft) set `run_dir: ${runs_dir}`.
+    Every step is composed before the first one runs, so a bad override stops the pipeline at once.
+    A step whose run dir is DONE is skipped and one with checkpoints resumes (resume=true), so an
+    interrupted pipeline continues where it stopped. `launcher` ("accelerate launch --config_file
+    configs/accelerate/multi_gpu.yaml -m") runs each training step as `<launcher> rlft train ...`, a
+    process of its own; evaluations (stages that train nothing) run in this process. `dry_run`
+    prints each step's command (DONE ones marked) and the report's, and runs nothing.
     """
-    from omegaconf import OmegaConf
+    import shlex
+    import subprocess
 
-    from rlft import config, report, rundir
-    from rlft.errors import UserError
-
-    cfg = config.compose(overrides, config_dir)
+    tagged = [m.groups() for m in map(_TAGGED.fullmatch, overrides) if m]
+    plain = [o for o in overrides if not _TAGGED.fullmatch(o)]
+    cfg = config.compose(plain, config_dir)
     if not cfg.get("pipeline"):
         raise UserError("rlft pipeline needs an experiment with a `pipeline:` list of steps "
                         f"(e.g. experiment=tiny_math); got run_name={cfg.run_name!r}")
-    steps = OmegaConf.to_container(cfg.pipeline, resolve=True)
-    extra = [o for o in overrides if not o.startswith("experiment=")]
-    dirs = []
-    for step in steps:
-        step_dir = Path(cfg.run_dir) / step["name"]
-        dirs.append(str(step_dir))
-        if (step_dir / "DONE").exists():
-            print(f"rlft pipeline: {step['name']}: done, skipped ({step_dir})")
-            continue
-        resume = ["resume=true"] if list((step_dir / "checkpoints").glob("checkpoint-*")) else []
-        print(f"rlft pipeline: {step['name']}: running ({step_dir})")
-        train([*step["overrides"], *extra, f"run_dir={step_dir}", *resume], config_dir=config_dir)
-    if rundir.is_main_process():
-        print(report.report(dirs, str(Path(cfg.run_dir) / "report")))
-        print(f"plots and CSV: {Path(cfg.run_dir) / 'report'}")
+    own = set(cfg) - set(config.compose([], config_dir))  # pipeline, report, a recipe's switches
+    forward = [o for o in plain if not o.startswith("experiment=")
+               and re.split(r"[.=/@]", o.lstrip("+~"), maxsplit=1)[0] not in own]
+    run_dir = Path(cfg.run_dir)
+
+    plan = []  # (name, tags, trains, overrides)
+    for step in OmegaConf.to_container(cfg.pipeline, resolve=True):
+        args = [*step["overrides"], *forward]
+        stage = _compose_step(step["name"], args, config_dir).stage.name
+        tags = {stage, *step.get("tags", [])}
+        mine = [o for tag, o in tagged if tag in tags]
+        if mine:
+            args += mine
+            _compose_step(step["name"], args, config_dir)
+        plan.append((step["name"], tags, stage in config.TRAINED, args))
+    every_tag = set().union(*(tags for _, tags, _, _ in plan))
+    for tag, override in tagged:
+        if tag not in every_tag:
+            raise UserError(f"{tag}:{override}: no step of pipeline {cfg.run_name!r} is tagged {tag!r} "
+                            f"(its steps' stages and tags: {', '.join(sorted(every_tag))})")
+    names = [name for name, *_ in plan]
+    wanted = OmegaConf.to_container(cfg.report, resolve=True) if cfg.get("report") else {}
+    runs = wanted.get("runs") or names
+    for name in runs:
+        if name not in names:
+            raise UserError(f"report.runs: {name!r} is not a step of pipeline {cfg.run_name!r} ({', '.join(names)})")
+    out = wanted.get("out") or str(run_dir / "report")
+    note = wanted.get("note") if note is None else note
+
+    for name, _, trains, args in plan:
+        step_dir = run_dir / name
+        done = (step_dir / "DONE").exists()
+        resume = ["resume=true"] if not done and list((step_dir / "checkpoints").glob("checkpoint-*")) else []
+        argv = [*args, f"run_dir={step_dir}", *resume]
+        command = ["rlft", "train", *(["--config-dir", config_dir] if config_dir else []), *argv]
+        if launcher and trains:
+            command = [*shlex.split(launcher), *command]
+        if dry_run:
+            print(shlex.join(command) + ("   # DONE: skipped" if done else ""))
+        elif done:
+            print(f"rlft pipeline: {name}: done, skipped ({step_dir})")
+        else:
+            print(f"rlft pipeline: {name}: running ({step_dir})", flush=True)
+            if not (launcher and trains):
+                train(argv, config_dir=config_dir)
+            elif code := subprocess.run(command).returncode:
+                print(f"rlft pipeline: {name}: `{shlex.join(command)}` exited with {code}; "
+                      "rerun the pipeline to continue from it", file=sys.stderr)
+                return code
+    dirs = [str(run_dir / name) for name in runs]
+    if dry_run:
+        print(shlex.join(["rlft", "report", *dirs, "--out", out, *(["--note", note] if note else [])]))
+    elif rundir.is_main_process():
+        print(report.report(dirs, out, note))
+        print(f"plots and CSV: {out}")
     return 0
+
+
+# TAG:KEY=VALUE: an override for the pipeline steps tagged TAG (Hydra keys hold no ':')
+_TAGGED = re.compile(r"(\w+):([^=:]+=.*)", re.S)
+
+
+def _compose_step(name: str, overrides: list[str], config_dir: str | None):
+    try:
+        return config.compose(overrides, config_dir)
+    except UserError as e:
+        raise UserError(f"pipeline step {name!r}: {e}") from None

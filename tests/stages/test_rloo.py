@@ -61,7 +61,7 @@ def test_rloo_reward_model_cli_contract(tmp_path, run_cli, tiny_base, peft):
 
     rm_dir = build(compose(["reward_model=tiny"]).reward_model.build)  # an (untrained) RM scores variably
     run_dir = tmp_path / f"rloo_rm_{peft}"
-    code, out, err = run_cli("train", "stage=rloo", "model=tiny", "data=ifcheck", "reward=rm", f"reward.path={rm_dir}",
+    code, out, err = run_cli("train", "stage=rloo", "model=tiny", "data=ifcheck", "reward=reward_model", f"reward.path={rm_dir}",
                              f"init_from={tiny_base}", f"run_dir={run_dir}", f"peft={peft}",
                              "data.prompt_dataset.n=32", *FAST)
     assert code == 0, err
@@ -75,10 +75,10 @@ def test_rloo_reward_model_cli_contract(tmp_path, run_cli, tiny_base, peft):
 def test_rloo_errors_name_the_problem(tmp_path, run_cli, tiny_base):
     code, _, err = run_cli("train", "stage=rloo", "data=smoltalk", f"init_from={tiny_base}", f"run_dir={tmp_path / 'a'}")
     assert code == 2 and "data=smoltalk has no prompt_dataset" in err
-    code, _, err = run_cli("train", "stage=rloo", "data=ifcheck", "reward=rm", f"init_from={tiny_base}",
+    code, _, err = run_cli("train", "stage=rloo", "data=ifcheck", "reward=reward_model", f"init_from={tiny_base}",
                            f"run_dir={tmp_path / 'b'}")
     assert code == 2 and "reward.path" in err
-    code, _, err = run_cli("train", "stage=rloo", "data=ifcheck", "reward=rm", f"reward.path={tmp_path / 'nope'}",
+    code, _, err = run_cli("train", "stage=rloo", "data=ifcheck", "reward=reward_model", f"reward.path={tmp_path / 'nope'}",
                            f"init_from={tiny_base}", f"run_dir={tmp_path / 'c'}", "data.prompt_dataset.n=8")
     assert code == 2 and str(tmp_path / "nope") in err
     assert len(err.strip().splitlines()) == 1

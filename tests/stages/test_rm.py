@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import changed_tensors, state_dict
 
-from rlft import reward
+from rlft import reward_models
 
 
 @pytest.mark.smoke
@@ -13,7 +13,7 @@ from rlft import reward
                                                   ("regression", "tiny", "none"), ("bt", "tiny", "lora")])
 def test_rm_cli_contract(tmp_path, run_cli, variant, backbone, peft):
     run_dir = tmp_path / variant
-    code, out, err = run_cli("train", "stage=rm", f"rm={variant}", f"reward_model={backbone}", "data=ifcheck", f"peft={peft}",
+    code, out, err = run_cli("train", "stage=rm", f"rm_loss={variant}", f"reward_model={backbone}", "data=ifcheck", f"peft={peft}",
                              f"run_dir={run_dir}", "max_steps=4", "stage.trainer.logging_steps=1",
                              "stage.trainer.learning_rate=1e-3", "data.preference_dataset.n=128",
                              "data.preference_heldout.n=16")
@@ -43,10 +43,10 @@ def bert_tokenizer(tmp_path):
 def test_contract_pair_format_has_bert_special_tokens_and_keeps_cls_when_truncating(tmp_path):
     tok = bert_tokenizer(tmp_path)
     prompt = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "write about rain ."}]
-    ids, truncated = reward.encode(tok, prompt, "it is wet .", "pair", max_length=64)
+    ids, truncated = reward_models.encode(tok, prompt, "it is wet .", "pair", max_length=64)
     assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "write", "about", "rain", ".", "[SEP]", "it", "is", "wet", ".", "[SEP]"]
     assert not truncated
-    short, truncated = reward.encode(tok, prompt, "it is wet .", "pair", max_length=6)
+    short, truncated = reward_models.encode(tok, prompt, "it is wet .", "pair", max_length=6)
     assert truncated and tok.convert_ids_to_tokens(short) == ["[CLS]", "it", "is", "wet", ".", "[SEP]"]
 
 
@@ -63,11 +63,11 @@ def test_rm_trains_on_exactly_the_ids_it_is_scored_on(backbone, tmp_path):
     path = build(cfg.reward_model.build)
     tok = models.load_tokenizer(path, "chatml" if cfg.reward_model.format == "chat" else None)
     pairs = ifcheck_preference_dataset(4, seed=0)
-    encoded, _ = reward.tokenize_pairs(pairs, tok, cfg.reward_model.format, cfg.reward_model.max_length)
+    encoded, _ = reward_models.tokenize_pairs(pairs, tok, cfg.reward_model.format, cfg.reward_model.max_length)
     model = models.load_reward_model(path)
     seen = []
     model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
-    scores = reward.score(model, tok, [pairs[0]["prompt"]], [pairs[0]["chosen"][-1]["content"]],
+    scores = reward_models.score(model, tok, [pairs[0]["prompt"]], [pairs[0]["chosen"][-1]["content"]],
                           cfg.reward_model.format, cfg.reward_model.max_length)
     assert seen[0][0].tolist() == encoded[0]["chosen_ids"]
     if cfg.reward_model.format == "chat":  # decoder RM: the whole ChatML conversation, unchanged by TRL
@@ -94,7 +94,7 @@ def test_rm_off_the_shelf_is_evaluated_not_trained(tmp_path, run_cli):
     path = build(cfg.reward_model.build)
     fmt = cfg.reward_model.format
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template if fmt == "chat" else None)
-    expected = reward.pairwise_accuracy(models.load_reward_model(path), tokenizer,
+    expected = reward_models.pairwise_accuracy(models.load_reward_model(path), tokenizer,
                                         build(cfg.data.preference_heldout), cfg.reward_model.format,
                                         cfg.reward_model.max_length)["pairwise_accuracy"]
     assert got == expected and got["n"] == 16

@@ -189,7 +189,7 @@ def test_arbitrary_text_never_raises_and_stays_fast():
         start = time.perf_counter()
         assert score(text, nums, rng.randint(-5, 100)) in (0.0, 0.1, 1.0)
         worst = max(worst, time.perf_counter() - start)
-    assert worst < 5.0  # a hang guard (bounded by design; the per-call figure is `make bench`'s, fuzz_verifier.py)
+    assert worst < 5.0  # a hang guard (bounded by design; the per-call figure is `make bench`'s, fuzz_inputs.py)
 
 
 def test_huge_response_is_linear_time():

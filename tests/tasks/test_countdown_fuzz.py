@@ -2,21 +2,14 @@
 adversarial responses (odd Unicode, tag soup, huge numbers, deep nesting, 1 MB inputs, `9**9**9`,
 division by zero, operator chains, whitespace floods, correct answers in noise).
 
-The generator and the checks live in scripts/fuzz_verifier.py (one copy; run it by hand for other
-seeds or sizes: `python scripts/fuzz_verifier.py --n 1000000 --seed 3`). ~10 s on one core.
+The generator and the checks live beside this file in fuzz_inputs.py (one copy; run it by hand for
+other seeds or sizes: `python tests/tasks/fuzz_inputs.py --n 1000000 --seed 3`). ~10 s on one core.
 """
 
-import importlib.util
-from pathlib import Path
-
+import fuzz_inputs as fuzz
 import pytest
 
 from rlft.tasks import countdown
-
-_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_verifier.py"
-_spec = importlib.util.spec_from_file_location("fuzz_verifier", _SCRIPT)
-fuzz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fuzz)
 
 N = 100_000
 # A hang guard, not a timing: the verifier's worst call is a benchmark figure (`make bench` prints it

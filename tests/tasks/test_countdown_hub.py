@@ -201,8 +201,8 @@ def test_paper_math_bon_scores_by_the_last_line_at_512_tokens(tmp_path, monkeypa
 
 
 def test_rloo_reward_follows_the_data_rule():
-    from rlft import rewards
+    from rlft import reward_functions
 
     for experiment, expected in (("paper_math_rloo", 0.0), ("tiny_math_rloo", 1.0)):
-        _, funcs, _ = rewards.from_config(compose(f"experiment={experiment}").reward)
+        _, funcs, _ = reward_functions.from_config(compose(f"experiment={experiment}").reward)
         assert funcs[0]([None], ["<answer>12+7-3</answer>\n"], nums=[[3, 7, 12]], target=[16]) == [expected]

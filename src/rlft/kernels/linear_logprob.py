@@ -17,7 +17,8 @@ Math, with z = hidden @ weight.T / T and log Z = logsumexp(z):
     dlogp/dz_j = 1[j = target] - p_j            dentropy/dz_j = -p_j (log p_j + entropy)
 and d/dlogits = d/dz / T.
 
-Layout (style.md): Triton kernels -> launchers -> torch reference (the CPU path) -> dispatcher.
+Layout, as in every kernel module here: Triton kernels -> launchers -> torch reference (the CPU
+path) -> dispatcher.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ bit for bit.
 Rewards arrive gathered from every rank; per-token KL inputs are only known locally, so
 multi-process callers pass per-sequence `kl` (summed locally, then gathered) instead.
 
-Layout (style.md): Triton kernel -> launcher -> torch reference (the CPU path) -> dispatcher.
+Layout, as in every kernel module here: Triton kernel -> launcher -> torch reference (the CPU
+path) -> dispatcher.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from rlft.rehearsal.hub import build_hub
+from rlft.rehearsal.server import make_server, serve
+
 
 def hub_env(root: str | Path, url: str) -> dict[str, str]:
     """The variables a process needs for hub ids to resolve through the rehearsal server. The
@@ -61,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "build":
-        from rlft.rehearsal.hub import build_hub
-
         start = time.time()
         build_hub(args.root, qwen_layers=args.qwen_layers, reward_layers=args.reward_layers, seed=args.seed)
         print(f"hub ready at {Path(args.root).resolve()} ({time.time() - start:.0f} s)")
@@ -75,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in hub_env(args.root, url).items():
             print(f"export {k}={shlex.quote(v)}")
         return 0
-
-    from rlft.rehearsal.server import make_server, serve
 
     if args.cmd == "serve":
         server = make_server(args.root, args.host, args.port)

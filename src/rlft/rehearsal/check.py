@@ -14,6 +14,11 @@ from __future__ import annotations
 import json
 import sys
 
+import datasets
+import torch
+import transformers
+from huggingface_hub import constants
+
 from rlft.rehearsal import hub
 
 SPLITS = {
@@ -25,11 +30,6 @@ SPLITS = {
 
 
 def probe(forward: bool = True) -> dict:
-    import datasets
-    import torch
-    import transformers
-    from huggingface_hub import constants
-
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     out = {"endpoint": constants.ENDPOINT, "hub_offline": constants.HF_HUB_OFFLINE,

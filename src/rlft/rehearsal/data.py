@@ -17,6 +17,11 @@ import hashlib
 import random
 from pathlib import Path
 
+import datasets
+from datasets import Features, List, Value
+
+from rlft.tasks import countdown
+
 HELDOUT_SEED, HELDOUT_N = 1000003, 200  # configs/data/heldout/countdown_tasks.yaml's draw
 
 _WORDS = ("model data river garden planet market signal window budget history music science city energy "
@@ -38,8 +43,6 @@ def _msg(role: str, content: str) -> dict:
 
 
 def _features(kind: str):
-    from datasets import Features, List, Value
-
     chat = List({"content": Value("string"), "role": Value("string")})
     return {
         "smoltalk": Features({"messages": chat, "source": Value("string")}),
@@ -52,8 +55,6 @@ def _features(kind: str):
 
 
 def _write_repo(folder: Path, repo_id: str, splits: dict[str, list[dict]], kind: str, note: str) -> None:
-    import datasets
-
     (folder / "data").mkdir(parents=True, exist_ok=True)
     lines = ["---", "configs:", "- config_name: default", "  data_files:"]
     for split, rows in splits.items():
@@ -131,8 +132,6 @@ def write_ultrafeedback(folder: Path, seed: int = 0) -> None:
 
 
 def countdown_tasks_rows(n: int, seed: int) -> list[dict]:
-    from rlft.tasks import countdown
-
     return [{"target": r["target"], "nums": r["nums"]} for r in countdown.generate_problems(n, seed)]
 
 
@@ -148,8 +147,6 @@ def heldout_draw(rows: list[dict], n: int = HELDOUT_N, seed: int = HELDOUT_SEED)
 def cog_behav_rows(n: int, seed: int, heldout: list[dict], n_heldout: int = 8) -> list[dict]:
     """Warm-start rows {query, completion}: a TinyZero prompt and a solver-verified
     <think>...</think> <answer>...</answer> response; the first `n_heldout` pose held-out problems."""
-    from rlft.tasks import countdown
-
     problems = heldout[:n_heldout] + countdown.generate_problems(
         n - n_heldout, seed, exclude={countdown.problem_key(p) for p in heldout})
     rows = []

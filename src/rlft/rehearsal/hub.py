@@ -67,6 +67,7 @@ def build_hub(root: str | Path, *, qwen_layers: int = 24, reward_layers: int = 2
               log=print) -> dict[str, dict]:
     """Build every repo of the rehearsal hub under `root` (skipping those already built with the
     same parameters); returns {"<type>s/<repo id>": manifest}."""
+    # datasets, torch and transformers only to build: the server imports this module for repo_dir
     import datasets
 
     from rlft.rehearsal import data, models

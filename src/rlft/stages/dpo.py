@@ -11,17 +11,17 @@ policy and reference on held-out prompts and the policy's win-rate against the r
 
 from __future__ import annotations
 
+from transformers import set_seed
+from trl import DPOTrainer
+
+from rlft import models
+from rlft.config import build
+from rlft.data import count_over_length
+from rlft.metrics import MetricsLogger, win_rate
+from rlft.train import fit
+
 
 def main(cfg) -> tuple[dict | None, dict]:
-    from transformers import set_seed
-    from trl import DPOTrainer
-
-    from rlft import models
-    from rlft.config import build
-    from rlft.data import count_over_length
-    from rlft.metrics import metrics_logger, win_rate
-    from rlft.train import fit
-
     # 1. seed and data first, so a bad data file fails before any model loads
     set_seed(cfg.seed)
     train_dataset = build(cfg.data.preference_dataset)
@@ -45,7 +45,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[metrics_logger(cfg.run_dir)],
+        callbacks=[MetricsLogger(cfg.run_dir)],
     )
 
     # 4. train (resume=true continues from the newest intact checkpoint in run_dir/checkpoints;

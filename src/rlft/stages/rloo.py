@@ -1,7 +1,7 @@
 """REINFORCE leave-one-out (RLOO) with rlft's fused kernels: a subclass of trl.RLOOTrainer.
 
     rlft train stage=rloo model=tiny data=countdown reward=countdown init_from=runs/sft/model run_dir=runs/rloo max_steps=2
-    rlft train stage=rloo model=tiny data=ifcheck reward=rm reward.path=runs/rm/model init_from=runs/sft/model
+    rlft train stage=rloo model=tiny data=ifcheck reward=reward_model reward.path=runs/rm/model init_from=runs/sft/model
     rlft train experiment=tiny_math_rloo          # the tiny Countdown row "SFT + RLOO" (make demo)
 
 k samples per prompt (stage.trainer.num_generations), each scored by the `reward` group's
@@ -13,16 +13,16 @@ gives per-prompt scores, the win-rate against the init_from model).
 
 from __future__ import annotations
 
+from transformers import set_seed
+
+from rlft import models, reward_functions
+from rlft.config import build
+from rlft.errors import UserError
+from rlft.metrics import MetricsLogger, win_rate
+from rlft.train import fit
+
 
 def main(cfg) -> tuple[dict | None, dict]:
-    from transformers import set_seed
-
-    from rlft import models, rewards
-    from rlft.config import build
-    from rlft.errors import UserError
-    from rlft.metrics import metrics_logger, win_rate
-    from rlft.train import fit
-
     # 1. seed and prompts first, so a bad data file fails before any model loads
     set_seed(cfg.seed)
     if not cfg.data.get("prompt_dataset"):
@@ -31,7 +31,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     heldout = build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None
 
     # 2. rewards, each guarded, weighted in config order (a bad reward-model path fails here, early too)
-    names, reward_funcs, weights = rewards.from_config(cfg.reward)
+    names, reward_funcs, weights = reward_functions.from_config(cfg.reward)
 
     # 3. policy (the reference is the same weights: TRL loads it, or disables the adapter with peft)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
@@ -57,7 +57,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[metrics_logger(cfg.run_dir)],
+        callbacks=[MetricsLogger(cfg.run_dir)],
     )
 
     # 5. train (resume=true continues from the newest intact checkpoint in run_dir/checkpoints;

@@ -1,11 +1,11 @@
 """Reward model training: Bradley-Terry (trl.RewardTrainer), Siamese, or pointwise regression.
 
-    rlft train stage=rm rm=bt reward_model=tiny data=ifcheck run_dir=runs/rm max_steps=4
-    rlft train stage=rm rm=siamese reward_model=tiny_deberta data=ifcheck ...
-    rlft train stage=rm rm=regression reward_model=distilbert data=ultrafeedback ...   (GPU box, hub)
+    rlft train stage=rm rm_loss=bt reward_model=tiny data=ifcheck run_dir=runs/rm max_steps=4
+    rlft train stage=rm rm_loss=siamese reward_model=tiny_deberta data=ifcheck ...
+    rlft train stage=rm rm_loss=regression reward_model=distilbert data=ultrafeedback ...   (GPU box, hub)
     rlft train stage=rm stage.train=false reward_model=deberta_v3_large_oasst data=ultrafeedback   (evaluate only)
 
-Pairs go through rlft's scoring contract (rlft.reward.encode) before TRL sees them, so the
+Pairs go through rlft's scoring contract (rlft.reward_models.encode) before TRL sees them, so the
 model is trained on exactly the ids it is later scored on. Writes run_dir/model
 (AutoModelForSequenceClassification) and run_dir/results.json: held-out pairwise accuracy.
 With stage.train=false a reward model used off the shelf is only evaluated (results.json, no model/).
@@ -13,16 +13,16 @@ With stage.train=false a reward model used off the shelf is only evaluated (resu
 
 from __future__ import annotations
 
+from transformers import set_seed
+
+from rlft import models, reward_models
+from rlft.config import build
+from rlft.errors import UserError
+from rlft.metrics import MetricsLogger
+from rlft.train import fit
+
 
 def main(cfg) -> tuple[dict | None, dict]:
-    from transformers import set_seed
-
-    from rlft import models, reward
-    from rlft.config import build
-    from rlft.errors import UserError
-    from rlft.metrics import metrics_logger
-    from rlft.train import fit
-
     # 1. seed and data first, so a bad data file fails before any model loads
     set_seed(cfg.seed)
     pairs = build(cfg.data.preference_dataset)
@@ -36,16 +36,16 @@ def main(cfg) -> tuple[dict | None, dict]:
     if not cfg.stage.train:  # off the shelf (the paper's DeBERTa): held-out pairwise accuracy, no model/
         if heldout is None:
             raise UserError(f"stage.train=false evaluates only: data={cfg.data.name} has no preference_heldout")
-        return ({"heldout": reward.pairwise_accuracy(model, tokenizer, heldout, rm.format, rm.max_length)},
+        return ({"heldout": reward_models.pairwise_accuracy(model, tokenizer, heldout, rm.format, rm.max_length)},
                 {"base_model": path, "variant": "off the shelf (not trained)"})
 
-    # 3. encode through the scoring contract, then the variant's trainer (rm.trainer)
-    train_dataset, truncated = reward.tokenize_pairs(pairs, tokenizer, rm.format, rm.max_length)
+    # 3. encode through the scoring contract, then the variant's trainer (rm_loss.trainer)
+    train_dataset, truncated = reward_models.tokenize_pairs(pairs, tokenizer, rm.format, rm.max_length)
     args = build(cfg.stage.trainer)
     peft_config = build(cfg.peft.config, task_type="SEQ_CLS") if cfg.peft.get("config") else None
-    trainer = build(cfg.rm.trainer)(
+    trainer = build(cfg.rm_loss.trainer)(
         model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-        peft_config=peft_config, callbacks=[metrics_logger(cfg.run_dir)],
+        peft_config=peft_config, callbacks=[MetricsLogger(cfg.run_dir)],
     )
 
     # 4. train (resume=true continues from the newest intact checkpoint in run_dir/checkpoints;
@@ -60,10 +60,10 @@ def main(cfg) -> tuple[dict | None, dict]:
     # 6. held-out pairwise accuracy through the same contract (main process only)
     results = None
     if scorer is not None and heldout is not None:
-        results = {"heldout": reward.pairwise_accuracy(scorer, tokenizer, heldout, rm.format, rm.max_length)}
+        results = {"heldout": reward_models.pairwise_accuracy(scorer, tokenizer, heldout, rm.format, rm.max_length)}
     card = {
         "base_model": path,
-        "variant": cfg.rm.name,
+        "variant": cfg.rm_loss.name,
         "input_format": f"{rm.format}, max {rm.max_length} tokens, left-truncated ({truncated} sides truncated)",
         "train_pairs": len(train_dataset),
         "steps": trainer.state.global_step,

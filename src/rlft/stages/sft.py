@@ -10,18 +10,18 @@ and, when the data preset has held-out problems, run_dir/results.json.
 
 from __future__ import annotations
 
+from transformers import set_seed
+from trl import SFTTrainer
+
+from rlft import models
+from rlft.config import build
+from rlft.data import count_over_length, dropped_rows
+from rlft.errors import UserError
+from rlft.metrics import MetricsLogger
+from rlft.train import fit
+
 
 def main(cfg) -> tuple[dict | None, dict]:
-    from transformers import set_seed
-    from trl import SFTTrainer
-
-    from rlft import models
-    from rlft.config import build
-    from rlft.data import count_over_length, dropped_rows
-    from rlft.errors import UserError
-    from rlft.metrics import metrics_logger
-    from rlft.train import fit
-
     # 1. seed and data first, so a bad data file fails before any model loads
     # (generated training sets exclude the held-out problems by config)
     set_seed(cfg.seed)
@@ -43,7 +43,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[metrics_logger(cfg.run_dir)],
+        callbacks=[MetricsLogger(cfg.run_dir)],
     )
     if len(trainer.train_dataset) == 0:  # TRL drops rows whose truncation left no assistant token
         raise UserError(f"data.sft_dataset: none of {len(train_dataset)} rows keeps an assistant token within "

@@ -32,6 +32,8 @@ from itertools import combinations
 from math import gcd
 from typing import Literal, get_args
 
+from tqdm.auto import tqdm
+
 NO_ANSWER, FORMAT_SCORE, CORRECT = 0.0, 0.1, 1.0
 Scorer = Literal["rlft", "tinyzero"]  # which answer counts: the last anywhere, or the last on the last line
 SCORERS: tuple[str, ...] = get_args(Scorer)
@@ -416,6 +418,4 @@ def synthetic_sft_rows(
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, disable=not enabled)

@@ -1,7 +1,7 @@
 """Seeded fuzz of the Countdown verifier (`rlft.tasks.countdown.score`): random and adversarial
 responses, each call timed.
 
-    python scripts/fuzz_verifier.py [--n 100000] [--seed 0]
+    python tests/tasks/fuzz_inputs.py [--n 100000] [--seed 0]      (make bench runs it)
 
 Inputs: random printable text; odd Unicode (Arabic-Indic, Devanagari, fullwidth, superscript and
 mathematical digits, operator look-alikes, combining marks, bidi marks, invisibles, NUL and other
@@ -14,7 +14,8 @@ against an independent Fraction-based eval; and solver-made correct answers wrap
 Every call must return 0.0, 0.1 or 1.0 without raising, agree with `extract_answer` (0.0 exactly
 when there is no answer) and `is_correct`, and match the expected score where the generator knows
 it (correct answers in noise must score 1.0). Prints calls, calls/s, the worst per-call time (with
-its bound, WORST_CALL_S) and its input, and exits 1 on any failure. tests/tasks/test_countdown_fuzz.py runs this same generator.
+its bound, WORST_CALL_S) and its input, and exits 1 on any failure. test_countdown_fuzz.py, beside this
+file, runs the same generator and checks.
 """
 
 from __future__ import annotations

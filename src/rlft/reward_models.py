@@ -10,8 +10,8 @@ RLOO time; rlft scores through `score` instead). Two formats:
 Over-long inputs are truncated from the left (the response end is what a reward model judges)
 and counted; none is dropped.
 
-Training (stage=rm, rm=...):
-  bt          trl.RewardTrainer: Bradley-Terry, -log sigmoid(r_c - r_r), chosen and rejected in one batch
+Training (stage=rm, rm_loss=...; each class a `_target_` of configs/rm_loss/):
+  bt          trl.RewardTrainer as it is: Bradley-Terry, -log sigmoid(r_c - r_r), chosen and rejected in one batch
   siamese     one shared encoder run separately on chosen and on rejected, the same loss
               (the paper's Siamese DistilBERT)
   regression  pointwise MSE of r(chosen), r(rejected) onto their scores, rescaled from 1..10 to
@@ -20,10 +20,20 @@ Training (stage=rm, rm=...):
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+from trl import RewardTrainer
+
+from rlft import models
+from rlft.metrics import wilson_interval
+
 FORMATS = ("chat", "pair")
 
 
-def _text(messages: list[dict]) -> str:
+def prompt_text(messages: list[dict]) -> str:
+    """The prompt as the `pair` format's first segment: its user (and assistant) turns, one per line,
+    without the system turn."""
     return "\n".join(m["content"] for m in messages if m.get("role") != "system")
 
 
@@ -33,7 +43,7 @@ def encode(tokenizer, prompt: list[dict], response: str, fmt: str, max_length: i
         text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     elif fmt == "pair":
-        ids = tokenizer(_text(prompt), response, add_special_tokens=True)["input_ids"]
+        ids = tokenizer(prompt_text(prompt), response, add_special_tokens=True)["input_ids"]
     else:
         raise ValueError(f"unknown reward format {fmt!r}; use one of {FORMATS}")
     if len(ids) <= max_length:
@@ -64,9 +74,6 @@ def tokenize_pairs(dataset, tokenizer, fmt: str, max_length: int):
 def score(model, tokenizer, prompts: list[list[dict]], responses: list[str], fmt: str, max_length: int,
           batch_size: int = 32) -> list[float]:
     """Rewards for (prompt, response) pairs through the contract (right padding, as in training)."""
-    import torch
-    from torch.nn.utils.rnn import pad_sequence
-
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rewards: list[float] = []
@@ -76,7 +83,7 @@ def score(model, tokenizer, prompts: list[list[dict]], responses: list[str], fmt
         for start in range(0, len(prompts), batch_size):
             ids = [torch.tensor(encode(tokenizer, p, r, fmt, max_length)[0])
                    for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
-            input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id).to(device)
+            input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id).to(device)  # (B, T)
             mask = pad_sequence([torch.ones_like(i) for i in ids], batch_first=True, padding_value=0).to(device)
             rewards += model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
     model.train(was_training)
@@ -85,8 +92,6 @@ def score(model, tokenizer, prompts: list[list[dict]], responses: list[str], fmt
 
 def load_scorer(path: str, fmt: str, dtype: str = "float32"):
     """A trained reward model and its tokenizer, ready for `score` (ChatML template for `chat`)."""
-    from rlft import models
-
     model = models.load_reward_model(path, dtype, scoring=True)
     model.eval()
     return model, models.load_tokenizer(path, chat_template="chatml" if fmt == "chat" else None)
@@ -94,8 +99,6 @@ def load_scorer(path: str, fmt: str, dtype: str = "float32"):
 
 def pairwise_accuracy(model, tokenizer, dataset, fmt: str, max_length: int, batch_size: int = 32) -> dict:
     """Held-out pairwise accuracy: how often r(chosen) > r(rejected), with a Wilson 95% interval."""
-    from rlft.metrics import wilson_interval
-
     prompts = [row["prompt"] for row in dataset]
     chosen = score(model, tokenizer, prompts, [row["chosen"][-1]["content"] for row in dataset], fmt, max_length, batch_size)
     rejected = score(model, tokenizer, prompts, [row["rejected"][-1]["content"] for row in dataset], fmt, max_length,
@@ -106,68 +109,56 @@ def pairwise_accuracy(model, tokenizer, dataset, fmt: str, max_length: int, batc
             "mean_margin": sum(c - r for c, r in zip(chosen, rejected)) / n}
 
 
-# --------------------------------------------------------------------------- trainers
+# --------------------------------------------------------------------------- trainers (configs/rm_loss/)
 
-def _reward_trainer():
-    from trl import RewardTrainer
-
-    return RewardTrainer
-
-
-def siamese_trainer(**kwargs):
+class SiameseRewardTrainer(RewardTrainer):
     """trl.RewardTrainer whose loss runs the shared encoder on chosen and on rejected separately."""
-    import torch.nn.functional as F
 
-    class SiameseRewardTrainer(_reward_trainer()):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            ids, mask = inputs["input_ids"], inputs["attention_mask"]  # (2B, T): chosen rows then rejected
-            half = ids.shape[0] // 2
-            r_c = model(input_ids=ids[:half], attention_mask=mask[:half], use_cache=False).logits.squeeze(-1)
-            r_r = model(input_ids=ids[half:], attention_mask=mask[half:], use_cache=False).logits.squeeze(-1)
-            loss = -F.logsigmoid(r_c - r_r).mean()
-            mode = "train" if model.training else "eval"
-            self._metrics[mode]["accuracy"].append((r_c > r_r).float().mean().item())
-            self._metrics[mode]["margin"].append((r_c - r_r).mean().item())
-            return (loss, {"r_c": r_c, "r_r": r_r}) if return_outputs else loss
-
-    return SiameseRewardTrainer(**kwargs)
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]  # (2B, T): chosen rows then rejected
+        half = ids.shape[0] // 2
+        r_c = model(input_ids=ids[:half], attention_mask=mask[:half], use_cache=False).logits.squeeze(-1)  # (B,)
+        r_r = model(input_ids=ids[half:], attention_mask=mask[half:], use_cache=False).logits.squeeze(-1)  # (B,)
+        loss = -F.logsigmoid(r_c - r_r).mean()
+        mode = "train" if model.training else "eval"
+        self._metrics[mode]["accuracy"].append((r_c > r_r).float().mean().item())
+        self._metrics[mode]["margin"].append((r_c - r_r).mean().item())
+        return (loss, {"r_c": r_c, "r_r": r_r}) if return_outputs else loss
 
 
-def regression_trainer(**kwargs):
-    """trl.RewardTrainer with a pointwise loss: MSE of each reward onto its score (1..10 -> -1..1)."""
-    import torch
-    import torch.nn.functional as F
+class RegressionRewardTrainer(RewardTrainer):
+    """trl.RewardTrainer with a pointwise loss: MSE of each reward onto its score (1..10 -> -1..1).
 
-    base = kwargs.get("data_collator")
+    Each batch also carries the rows' score_chosen and score_rejected: the collator (TRL's, or the
+    one passed in) is wrapped to add them, and a row without them is refused."""
 
-    class RegressionRewardTrainer(_reward_trainer()):
-        def _set_signature_columns_if_needed(self):
-            self._signature_columns = ["chosen_ids", "rejected_ids", "score_chosen", "score_rejected"]
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.data_collator = _with_scores(kwargs.get("data_collator") or self.data_collator)
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            targets = torch.cat([inputs.pop("score_chosen"), inputs.pop("score_rejected")])  # (2B,)
-            rewards = model(**inputs, use_cache=False).logits.squeeze(-1)
-            loss = F.mse_loss(rewards, (targets.to(rewards.dtype) - 5.5) / 4.5)
-            half = rewards.shape[0] // 2
-            mode = "train" if model.training else "eval"
-            self._metrics[mode]["accuracy"].append((rewards[:half] > rewards[half:]).float().mean().item())
-            return (loss, {"rewards": rewards}) if return_outputs else loss
+    def _set_signature_columns_if_needed(self):
+        self._signature_columns = ["chosen_ids", "rejected_ids", "score_chosen", "score_rejected"]
 
-    trainer = RegressionRewardTrainer(**kwargs)
-    collate = base or trainer.data_collator
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        targets = torch.cat([inputs.pop("score_chosen"), inputs.pop("score_rejected")])  # (2B,)
+        rewards = model(**inputs, use_cache=False).logits.squeeze(-1)  # (2B,): chosen rows then rejected
+        loss = F.mse_loss(rewards, (targets.to(rewards.dtype) - 5.5) / 4.5)
+        half = rewards.shape[0] // 2
+        mode = "train" if model.training else "eval"
+        self._metrics[mode]["accuracy"].append((rewards[:half] > rewards[half:]).float().mean().item())
+        return (loss, {"rewards": rewards}) if return_outputs else loss
+
+
+def _with_scores(collate):
+    """`collate`, adding each row's score_chosen and score_rejected to the batch as float tensors."""
 
     def with_scores(examples):
         batch = collate(examples)
         for key in ("score_chosen", "score_rejected"):
             if any(e.get(key) is None for e in examples):
-                raise ValueError(f"rm=regression needs {key!r} on every row")
+                raise ValueError(f"rm_loss=regression needs {key!r} on every row")
             batch[key] = torch.tensor([float(e[key]) for e in examples])
         return batch
 
-    trainer.data_collator = with_scores
-    return trainer
+    return with_scores
 
-
-def bt_trainer(**kwargs):
-    """trl.RewardTrainer as it is (Bradley-Terry)."""
-    return _reward_trainer()(**kwargs)

@@ -5,8 +5,8 @@ Each is built from the `reward` config group (configs/reward/), which names them
 
     reward=countdown   the TinyZero verifier (0 / 0.1 / 1) on the dataset's nums and target
     reward=ifcheck     the rule judge of the offline instruction task (fraction of constraints met)
-    reward=rm          a trained reward model (stage=rm's model/) through rlft.reward's scoring contract,
-                       so it sees exactly the tokens it was trained on (TRL's own path re-tokenises)
+    reward=reward_model  a trained reward model (stage=rm's model/) through rlft.reward_models' scoring
+                       contract, so it sees exactly the tokens it was trained on (TRL's own path re-tokenises)
 
 `guarded` wraps every one: a function that raises, returns NaN/inf or the wrong count marks the
 batch's samples unscorable (they leave the RLOO baseline and get advantage 0) and counts them
@@ -15,15 +15,21 @@ in the metrics as unscorable/<name>; the run goes on.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
+from accelerate import PartialState
+
+from rlft import reward_models
+from rlft.config import build
+from rlft.tasks import countdown, ifcheck
 from rlft.tasks.countdown import Scorer
 
 logger = logging.getLogger(__name__)
 
 
-def _text(completion) -> str:
+def completion_text(completion) -> str:
     """A completion as text: conversational completions are [{"role": "assistant", "content": ...}]."""
     if isinstance(completion, list):
         return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
@@ -33,24 +39,20 @@ def _text(completion) -> str:
 def countdown_reward(scorer: Scorer = "rlft"):
     """TinyZero's Countdown score of each completion (rlft.tasks.countdown.score; never evals),
     under the `scorer` rule (countdown.SCORERS; the reward preset passes data.scorer)."""
-    from rlft.tasks import countdown
-
     countdown.check_rule(scorer)  # when the reward is built, not on the first batch
 
     def countdown_score(prompts, completions, nums, target, **kwargs):
-        return [countdown.score(_text(c), n, t, scorer) for c, n, t in zip(completions, nums, target, strict=True)]
+        return [countdown.score(completion_text(c), n, t, scorer)
+                for c, n, t in zip(completions, nums, target, strict=True)]
 
     return countdown_score
 
 
 def ifcheck_reward():
     """The ifcheck rule judge: the fraction of a prompt's constraints the completion satisfies."""
-    import json
-
-    from rlft.tasks import ifcheck
 
     def ifcheck_judge(prompts, completions, constraints, **kwargs):
-        return [ifcheck.judge(_text(c), json.loads(cs) if isinstance(cs, str) else cs)
+        return [ifcheck.judge(completion_text(c), json.loads(cs) if isinstance(cs, str) else cs)
                 for c, cs in zip(completions, constraints, strict=True)]
 
     return ifcheck_judge
@@ -58,17 +60,14 @@ def ifcheck_reward():
 
 def reward_model_reward(path: str, fmt: str = "chat", max_length: int = 1024, batch_size: int = 32,
                         dtype: str = "float32"):
-    """A trained sequence-classification reward model scored through rlft.reward.score."""
-    from accelerate import PartialState
-
-    from rlft import reward
-
-    model, tokenizer = reward.load_scorer(path, fmt, dtype)
+    """A trained sequence-classification reward model scored through rlft.reward_models.score."""
+    model, tokenizer = reward_models.load_scorer(path, fmt, dtype)
     model.to(PartialState().device)
 
     def reward_model(prompts, completions, **kwargs):
         prompts = [p if isinstance(p, list) else [{"role": "user", "content": str(p)}] for p in prompts]
-        return reward.score(model, tokenizer, prompts, [_text(c) for c in completions], fmt, max_length, batch_size)
+        return reward_models.score(model, tokenizer, prompts, [completion_text(c) for c in completions], fmt,
+                                   max_length, batch_size)
 
     return reward_model
 
@@ -97,16 +96,15 @@ def guarded(name: str, fn):
 
 def from_config(reward_cfg) -> tuple[list[str], list, list[float]]:
     """The `reward` group's functions, each guarded, and their weights, in config order."""
-    from rlft.config import build
-
     names = list(reward_cfg.funcs)
     return (names, [guarded(name, build(reward_cfg.funcs[name])) for name in names],
             [float(reward_cfg.weights[name]) for name in names])
 
 
 def selector(reward_cfg):
-    """The `reward` group as a best-of-N selector for stage=bon: keys = the weighted sum of its
-    (guarded) functions; an unscorable sample gets -inf, so it is picked only when all are."""
+    """The `reward` group as a best-of-N selector (select=reward in stage=bon and stage=winrate): keys =
+    the weighted sum of its (guarded) functions; an unscorable sample gets -inf, so it is picked only
+    when all are."""
     _, funcs, weights = from_config(reward_cfg)
 
     def keys(prompts, responses, rows):
