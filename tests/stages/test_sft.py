@@ -120,5 +120,5 @@ def test_unfinished_run_needs_resume_or_overwrite_and_resumes_exactly(tmp_path, 
     assert (run_dir / "DONE").exists()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in records if "loss" in r]
-    assert [r["step"] for r in losses] == [1, 2, 2]  # step 1 not trained again
+    assert [r["step"] for r in losses] == [1, 2]  # step 1 not trained again; step 2's first log cut on resume
     assert losses[-1]["loss"] == step2_loss  # same data position, weights, optimizer and RNG
