@@ -260,21 +260,20 @@ def test_a_classifier_with_two_outputs_is_not_a_reward_model(pristine, tmp_path)
 @pytest.fixture
 def read_only(tmp_path):
     """ro(src) bind-mounts `src` read-only on a fresh dir and returns it. chmod is no test here:
-    root (these tests run as root) writes through any mode bits. Skips where mount is refused."""
+    root (these tests run as root) writes through any mode bits. A refused mount fails the test."""
     mounts = []
 
     def ro(src: Path) -> Path:
         dest = tmp_path / f"ro-{uuid.uuid4().hex[:6]}"
         dest.mkdir()
         done = subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(dest)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"a read-only bind mount is not permitted here: {done.stderr.strip()}")
+        assert done.returncode == 0, f"a read-only bind mount is not permitted here: {done.stderr.strip()}"
         mounts.append(dest)
         try:
             (dest / ".probe").write_text("x")
         except OSError:
             return dest
-        pytest.skip("mount --bind -o ro left the dir writable here")
+        raise AssertionError(f"mount --bind -o ro left {dest} writable")
 
     yield ro
     for dest in reversed(mounts):
