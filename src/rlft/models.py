@@ -419,6 +419,16 @@ def load_reward_model(path: str, dtype: str = "float32", scoring: bool = False):
     return model
 
 
+def load_sampling_policy(path: str, tokenizer, dtype: str, backend: str, seed: int):
+    """A model dir to sample from and not train (stage=bon, stage=winrate): transformers' model, or
+    on a GPU box with backend="vllm" a VLLMPolicy, which evaluate.generate samples through instead."""
+    if backend not in ("transformers", "vllm"):
+        raise UserError(f"generation_backend={backend!r}: choose transformers or vllm")
+    if backend == "vllm":
+        return VLLMPolicy(path, dtype, stop_token_ids(tokenizer), seed)
+    return load_causal_lm(path, dtype)
+
+
 class VLLMPolicy:
     """A model dir served by vLLM for sampling (stage=bon or stage=winrate with generation_backend=vllm,
     on a GPU box): evaluate.generate hands its prompts here instead of transformers' generate, and

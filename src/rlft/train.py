@@ -17,7 +17,9 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shlex
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -229,9 +231,6 @@ def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool 
     process of its own; evaluations (stages that train nothing) run in this process. `dry_run`
     prints each step's command (DONE ones marked) and the report's, and runs nothing.
     """
-    import shlex
-    import subprocess
-
     tagged = [m.groups() for m in map(_TAGGED.fullmatch, overrides) if m]
     plain = [o for o in overrides if not _TAGGED.fullmatch(o)]
     cfg = config.compose(plain, config_dir)

@@ -42,12 +42,8 @@ def main(cfg) -> tuple[dict, dict]:
     # 2. the policy to evaluate (any model dir: init_from)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
-    if cfg.generation_backend not in ("transformers", "vllm"):
-        raise UserError(f"generation_backend={cfg.generation_backend!r}: choose transformers or vllm")
-    if cfg.generation_backend == "vllm":  # GPU boxes: the same results, sampled by vLLM
-        model = models.VLLMPolicy(path, cfg.model.frozen_dtype, models.stop_token_ids(tokenizer), cfg.seed)
-    else:
-        model = models.load_causal_lm(path, cfg.model.frozen_dtype)
+    # generation_backend=vllm on GPU boxes: the same results, sampled by vLLM
+    model = models.load_sampling_policy(path, tokenizer, cfg.model.frozen_dtype, cfg.generation_backend, cfg.seed)
 
     # 3. the pick: the task's verifier, or the `reward` group (select=reward: e.g. a reward model)
     selector = reward_functions.selector(cfg.reward) if cfg.select == "reward" else None
