@@ -27,10 +27,10 @@ Compose a config with Hydra and run one stage. Overrides are Hydra's KEY=VALUE:
   experiment=NAME      a bundle of overrides (configs/experiment/)
   run_dir=DIR          where config.yaml, env.json, metrics.jsonl, model/ and DONE go
   max_steps=N seed=N overwrite=true resume=true init_from=MODEL_DIR
+  stage.trainer.KEY=V  any field of the stage's TRL config (SFTConfig, ...); +KEY=V adds one
 
 SIGTERM or Ctrl-C saves a checkpoint at the end of the current optimizer step and exits
 (143 / 130); resume=true continues from it. One run at a time per run_dir (a lock).
-  stage.trainer.KEY=V  any field of the stage's TRL config (SFTConfig, ...); +KEY=V adds one
 
 Show the composed config without running: rlft train --cfg ...
 """
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         args.overrides += rest
     if args.command is None:
-        _parser().print_help()
+        parser.print_help()
         return 2
     try:
         # imported per command: rlft.train brings hydra and omegaconf, rlft.report yaml; `--help` needs none

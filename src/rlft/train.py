@@ -155,13 +155,12 @@ def _run_control(trainer):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             _run.training = True
             if model is not None:
-                params = list(model.parameters())
-                numel = [getattr(p, "ds_numel", p.numel()) for p in params]
-                _run.weights_bytes = sum(n * p.element_size() for n, p in zip(numel, params))
-                trainable = [n for n, p in zip(numel, params) if p.requires_grad]
-                saved = sum(n * p.element_size() for n, p in zip(numel, params) if p.requires_grad) \
-                    if hasattr(model, "peft_config") else _run.weights_bytes
-                _run.checkpoint_bytes = saved + 2 * 4 * sum(trainable)  # weights + AdamW's two fp32 moments
+                sizes = [(getattr(p, "ds_numel", p.numel()), p.element_size(), p.requires_grad)
+                         for p in model.parameters()]  # (elements, bytes each, trained)
+                _run.weights_bytes = sum(n * b for n, b, _ in sizes)
+                trained = [(n, b) for n, b, grad in sizes if grad]
+                saved = sum(n * b for n, b in trained) if hasattr(model, "peft_config") else _run.weights_bytes
+                _run.checkpoint_bytes = saved + 2 * 4 * sum(n for n, _ in trained)  # + AdamW's two fp32 moments
             if state.global_step >= state.max_steps > 0:
                 raise _AlreadyTrained
 
