@@ -95,6 +95,8 @@ CATALOGUE = [
     ("negative seed, no trainer", ["stage=bon", "data=countdown", "init_from={base}", "seed=-5"], "seed=-5: a seed"),
     ("max_steps=0", ["max_steps=0", "data=countdown_tiny", "data.sft_dataset.n=8"], "max_steps=0: set a number of optimizer steps >= 1, or -1 to train "
                                      "stage.trainer.num_train_epochs"),
+    ("num_train_epochs=0", ["stage.trainer.num_train_epochs=0", "data=countdown_tiny", "data.sft_dataset.n=8"],
+     "stage.trainer.num_train_epochs=0: with max_steps=-1 a run trains num_train_epochs; set it > 0"),
     ("bon sampling at temperature 0", ["stage=bon", "data=countdown", "init_from={base}", "temperature=0", "n=4",
                                        "num_prompts=2"], "temperature=0 with n=4: stage=bon samples n answers"),
     ("data file whose rows are all empty (query/completion)", [WARM, "data.sft_dataset.path={tmp}/blank.jsonl"],
@@ -141,3 +143,43 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, run_
     kept = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
     assert kept and max(kept) < bad_step and f"checkpoint-{max(kept)}" in line
     assert not (run_dir / "DONE").exists() and not (run_dir / "model").exists()
+
+
+def test_non_finite_weights_are_never_saved_and_the_run_they_would_replace_is_kept(tmp_path, run_cli):
+    """The loss guard reads only logging steps: a run that diverges between logs (here before its
+    first) must still not save NaN weights as a DONE model, nor replace a finished run."""
+    run_dir, kept = tmp_path / "run", tmp_path / ".run.previous"
+    args = ["data=countdown_tiny", "data.sft_dataset.n=64", "data.evaluate=null", "max_steps=4", "report_to=[]",
+            "stage.trainer.per_device_train_batch_size=4", "stage.trainer.warmup_steps=0", f"run_dir={run_dir}"]
+    code, _, err = run_cli("train", *args)  # a good finished run
+    assert code == 0, err
+    old = {p.name: p.read_bytes() for p in (run_dir / "model").iterdir()}
+
+    code, _, err = run_cli("train", *args, "stage.trainer.learning_rate=1e9", "overwrite=true")
+    assert code == 2, err
+    line = error_line(err)
+    assert "non-finite weights after step 4:" in line and "model.embed_tokens.weight" in line, line
+    assert f"kept at {kept}" in line
+    assert not (run_dir / "DONE").exists() and not (run_dir / "model").exists()
+    assert not (run_dir / "model.partial").exists()
+    assert (kept / "DONE").exists() and {p.name: p.read_bytes() for p in (kept / "model").iterdir()} == old
+
+
+CANARY = "sk-canary0123456789abcdefCANARY"
+
+
+@pytest.mark.parametrize("override,expected", [
+    (f"judge.scorer.api_key_env={CANARY}", "judge.scorer.api_key_env: expects the name of an environment variable"),
+    (f"judge.base_url=https://user:{CANARY}@127.0.0.1:9/v1", "judge.base_url: the URL holds credentials"),
+], ids=["key where a variable name belongs", "key in the URL's userinfo"])
+def test_a_key_in_the_config_is_refused_and_reaches_no_file_and_no_console(override, expected, tmp_path, run_cli,
+                                                                          tiny_base):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli("train", "stage=winrate", "data=ifcheck", "judge=endpoint", f"init_from={tiny_base}",
+                             f"reference={tiny_base}", "num_prompts=2", override, f"run_dir={run_dir}")
+    assert code == 2, err
+    assert expected in error_line(err)
+    assert CANARY not in out and CANARY not in err
+    assert not run_dir.exists()  # refused before the run dir is made
+    for f in tmp_path.rglob("*"):
+        assert not f.is_file() or CANARY.encode() not in f.read_bytes(), f

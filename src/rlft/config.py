@@ -11,6 +11,7 @@ import difflib
 import importlib
 import inspect
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -141,6 +142,7 @@ def validate(cfg) -> None:
     _check_run_knobs(cfg, integers_only=True)
     _check_master_weights(cfg)
     _check_sampling(cfg)
+    _check_secrets(cfg)
 
     def walk(node, path: str):
         if isinstance(node, DictConfig):
@@ -174,6 +176,51 @@ def _check_rloo_objective(cfg) -> None:
     pass_k_schedule_from(algorithm.get("objective", "mean"), algorithm.get("pass_k"),
                          OmegaConf.to_container(schedule) if schedule is not None else None,
                          cfg.stage.trainer.get("num_generations", 2))
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY_PREFIXES = ("sk-", "sk_", "hf_", "nvapi-", "ghp_", "gsk_", "xai-", "AKIA")
+_URL_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*)@")
+
+
+def _looks_like_a_key(value: str) -> bool:
+    """Not a variable name (sk-..., nvapi-...), a known key prefix, or a long run of mixed-case
+    letters and digits with no word break (random, as keys are; names are words)."""
+    return (not _ENV_NAME.fullmatch(value) or value.startswith(_KEY_PREFIXES)
+            or (len(value) >= 20 and "_" not in value
+                and all(re.search(c, value) for c in ("[a-z]", "[A-Z]", "[0-9]"))))
+
+
+def _check_secrets(cfg) -> None:
+    """No key may reach config.yaml, env.json or a console line: a key given where the name of the
+    environment variable holding it belongs (judge.scorer.api_key_env=sk-...) or a URL with
+    credentials in it (https://user:key@host/v1) is refused before the run dir is touched, and the
+    line names the key but never shows the value. Checked over every value of the config, resolved
+    (a base_url may come from ${oc.env:...})."""
+
+    def walk(node, path: str):
+        for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+            where = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+            where = where.lstrip(".")
+            try:
+                value = node[key]
+            except OmegaConfBaseException:  # ??? or a broken interpolation: other checks name it
+                continue
+            if isinstance(value, (DictConfig, ListConfig)):
+                walk(value, where)
+            elif isinstance(value, str):
+                if str(key).endswith("_env") and _looks_like_a_key(value):
+                    raise UserError(f"{where}: expects the name of an environment variable holding the API key "
+                                    "(e.g. OPENAI_API_KEY), and the value given looks like a key itself (not shown, "
+                                    f"not stored); export it, e.g. OPENAI_API_KEY=..., and set {where}=OPENAI_API_KEY")
+                found = _URL_USERINFO.search(value)
+                if found:
+                    shown = value[:found.start(1)] + "***@" + value[found.end():].split("/", 1)[0]
+                    raise UserError(f"{where}: the URL holds credentials ({shown}/...; not shown, not stored); "
+                                    "give the URL without user:password@ and the key through the environment "
+                                    "variable judge.scorer.api_key_env names")
+
+    walk(cfg, "")
 
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which transformers.set_seed feeds
@@ -211,6 +258,13 @@ def _check_run_knobs(cfg, integers_only: bool = False) -> None:
         if not _is_int(steps) or not (steps >= 1 or steps == -1):
             raise UserError(f"{name}={steps}: set a number of optimizer steps >= 1, or -1 to train "
                             "stage.trainer.num_train_epochs (the default)")
+    # with max_steps=-1 the trainer runs num_train_epochs; at 0 (or below) that is no step at all, and
+    # transformers' trainer still ends the run normally (DONE with the base model's weights)
+    steps = trainer.get("max_steps", -1) if isinstance(trainer, DictConfig) else None
+    epochs = trainer.get("num_train_epochs") if isinstance(trainer, DictConfig) else None
+    if steps == -1 and isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and not epochs > 0:
+        raise UserError(f"stage.trainer.num_train_epochs={epochs}: with max_steps=-1 a run trains num_train_epochs; "
+                        "set it > 0 (a fraction trains part of an epoch), or max_steps >= 1")
 
 
 def _check_sampling(cfg) -> None:
