@@ -120,7 +120,8 @@ def check_finite(model, step: int, cfg) -> None:
     kept = rundir.previous_dir(cfg.run_dir)
     where = f"; the finished run it replaces is kept at {kept}" if kept.is_dir() else ""
     names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-    what = f"{len(bad)} of {total} tensors hold NaN or inf ({names})" if bad else "another rank's weights hold NaN or inf"
+    what = (f"{len(bad)} of {total} tensors hold NaN or inf ({names})" if bad
+            else "another rank's weights hold NaN or inf")
     raise UserError(f"non-finite weights after step {step}: {what}; nothing saved, the run is not DONE{where}; "
                     "lower stage.trainer.learning_rate and start over with overwrite=true")
 
