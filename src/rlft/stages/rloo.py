@@ -37,6 +37,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     path = models.resolve_model_path(cfg.model, cfg.init_from)
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
     model = models.load_causal_lm(path, cfg.model.dtype, cfg.peft.quantization)
+    models.end_turns_at_stop_ids(model, tokenizer)  # the completion mask ends at <|im_end|> too
     peft_config = build(cfg.peft.config) if cfg.peft.get("config") else None
 
     # 4. trainer: rlft.rloo.RLOOTrainer (or stock trl.RLOOTrainer) from stage.algorithm; every TRL
