@@ -201,14 +201,18 @@ def test_huge_response_is_linear_time():
 
 # --------------------------------------------------------------------------- the scoring rule
 
-# (response, rlft score, tinyzero score, what the case checks). TinyZero reads only the text after
-# the last "\n" (its `split('\n')[-1]`), unstripped; rlft reads the last answer anywhere.
+# (response, rlft score, tinyzero score, what the case checks). The authors' evaluation cuts at
+# <|im_end|> and strips, then TinyZero reads only the text after the last "\n" (its
+# `split('\n')[-1]`); rlft reads the last answer anywhere.
 RULE_CASES = [
     ("<think>12+7=19</think>\n<answer>12+7-3</answer>", 1.0, 1.0, "answer on the last line"),
     ("<answer>12+7-3</answer>\nHope that helps.", 1.0, 0.0, "answer not on the last line"),
-    ("<answer>12+7-3</answer>\n", 1.0, 0.0, "trailing newline: the last line is empty"),
-    ("<answer>12+7-3</answer>\n   ", 1.0, 0.0, "trailing newline then spaces"),
-    ("<answer>12+7-3</answer>\r\n", 1.0, 0.0, "CRLF ending: still an empty last line"),
+    ("<answer>12+7-3</answer>\n", 1.0, 1.0, "trailing newline: stripped, as the authors' evaluation does"),
+    ("<answer>12+7-3</answer>\n\n", 1.0, 1.0, "trailing blank lines: stripped"),
+    ("<answer>12+7-3</answer>\n   ", 1.0, 1.0, "trailing newline then spaces: stripped"),
+    ("<answer>12+7-3</answer>\r\n", 1.0, 1.0, "CRLF ending: stripped"),
+    ("<answer>12+7-3</answer>\n<|im_end|>\nuser\nmore", 1.0, 1.0, "cut at <|im_end|> first"),
+    ("<answer>12+7-3</answer><|im_end|><answer>12+7+3</answer>", 0.1, 1.0, "nothing after <|im_end|> counts"),
     ("<answer>12+7-3</answer>\r", 1.0, 1.0, "a lone CR does not split (TinyZero splits on \\n only)"),
     ("<answer>12+7-3</answer>\u2028", 1.0, 1.0, "nor does a Unicode line separator"),
     ("<answer>12+7-3</answer>   ", 1.0, 1.0, "trailing spaces, no newline"),

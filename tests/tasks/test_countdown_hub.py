@@ -161,7 +161,7 @@ class Policy:
         out = []
         for prompt in prompts:
             p = countdown.parse_problem(prompt)
-            out += [f"<think>easy</think>\n<answer>{countdown.solve(p['nums'], p['target'])}</answer>\n"] * n
+            out += [f"<think>easy</think>\n<answer>{countdown.solve(p['nums'], p['target'])}</answer>\nDone."] * n
         return out
 
 
@@ -205,4 +205,4 @@ def test_rloo_reward_follows_the_data_rule():
 
     for experiment, expected in (("paper_math_rloo", 0.0), ("tiny_math_rloo", 1.0)):
         _, funcs, _ = reward_functions.from_config(compose(f"experiment={experiment}").reward)
-        assert funcs[0]([None], ["<answer>12+7-3</answer>\n"], nums=[[3, 7, 12]], target=[16]) == [expected]
+        assert funcs[0]([None], ["<answer>12+7-3</answer>\nDone."], nums=[[3, 7, 12]], target=[16]) == [expected]

@@ -4,7 +4,7 @@
     rows = countdown.generate_problems(200, seed=1)              # [{"nums": [..], "target": t}]
     countdown.solve([3, 7, 12], 16)                              # "12+7-3" (exact, exhaustive)
     countdown.score("<answer>12+7-3</answer>", [3, 7, 12], 16)   # 1.0
-    countdown.score("<answer>12+7-3</answer>\\n", [3, 7, 12], 16, rule="tinyzero")   # 0.0: last line empty
+    countdown.score("<answer>12+7-3</answer>\\nok", [3, 7, 12], 16, rule="tinyzero")  # 0.0: not on the last line
 
 Scoring follows TinyZero's `countdown.compute_score` (the paper's verifier):
   0.0  no <answer>...</answer> in the response
@@ -13,9 +13,10 @@ Scoring follows TinyZero's `countdown.compute_score` (the paper's verifier):
   1.0  it evaluates to the target (|value - target| < 1e-5)
 Which answer counts is the `rule` (SCORERS; configs: data.scorer):
   "rlft"      the last <answer>...</answer> anywhere in the response (the default; it may span lines)
-  "tinyzero"  the authors' rule: the last answer on the response's LAST LINE only, i.e. in
-              `response.split("\\n")[-1]`, unstripped as TinyZero has it, so a response that ends
-              in a newline has an empty last line and scores 0.0. rlft scores the completion alone,
+  "tinyzero"  the authors' rule: the last answer on the response's LAST LINE only, after the
+              authors' evaluation's `.split("<|im_end|>")[0].strip()`, i.e. in
+              `response.split("<|im_end|>")[0].strip().split("\\n")[-1]`, so a response that ends
+              in a newline is scored on its last non-empty line. rlft scores the completion alone,
               which is what TinyZero's split after "Assistant:" leaves of prompt + completion.
 Model output is hostile input, so unlike TinyZero this never runs it as Python: a small parser over
 exact rationals accepts ASCII integers, + - * /, unary +/-, parentheses and whitespace, with the
@@ -79,15 +80,16 @@ def extract_answer(response: str, rule: Scorer = "rlft") -> str | None:
     """The stripped text of the last <answer>...</answer> in `response`, or None.
 
     Same matches as TinyZero's `re.finditer(r"<answer>(.*?)</answer>")`, except that under
-    rule="rlft" an answer may span lines; rule="tinyzero" first cuts the response to its last line
-    (after the last "\\n", as TinyZero's `split('\\n')[-1]`). A forward scan pairs each opening tag
+    rule="rlft" an answer may span lines; rule="tinyzero" first cuts the response at <|im_end|>,
+    strips it and keeps its last line (the authors' `.split("<|im_end|>")[0].strip()`, then
+    TinyZero's `split('\\n')[-1]`). A forward scan pairs each opening tag
     with the next closing tag, which costs time linear in the response whatever it holds.
     """
     check_rule(rule)
     if not isinstance(response, str):
         return None
-    if rule == "tinyzero":
-        response = response.rpartition("\n")[2]  # == split("\n")[-1], without building the list
+    if rule == "tinyzero":  # the authors' evaluation: cut at <|im_end|>, strip, then the last line
+        response = response.partition("<|im_end|>")[0].strip().rpartition("\n")[2]
     last = None
     pos = 0
     while True:
