@@ -157,10 +157,11 @@ def step_case(name: str, beta: float, old_logps: str, model: str, layers: int, s
 
     from rlft import models, reward_functions, rloo
     from rlft.config import build
+    from rlft.tasks import countdown
 
     path, cfg = _policy(model, layers)
     prompts = build(cfg.data.prompt_dataset, n=4096)
-    reward = reward_functions.guarded("countdown", reward_functions.countdown_reward())
+    reward = reward_functions.guarded("countdown", reward_functions.task_reward(countdown.Countdown()))
     batch, length = cfg.stage.trainer.per_device_train_batch_size, cfg.stage.trainer.max_completion_length
     args = build(cfg.stage.trainer, output_dir="/tmp/bench_rloo", max_steps=steps + 1, beta=beta,
                  save_strategy="no", report_to=[], logging_steps=steps + 1, disable_tqdm=True)

@@ -13,7 +13,7 @@ import pytest
 
 from rlft import judge
 from rlft.errors import UserError
-from rlft.metrics import win_rate
+from rlft.stats import win_rate
 from rlft.tasks import ifcheck
 
 TINY = 0.001  # retry backoff in tests: real retries, no real waiting
@@ -465,20 +465,21 @@ def test_win_rate_over_endpoint_scores_of_two_models(server):
     assert result["win_rate"]["value"] == pytest.approx(2.5 / 4) and result["win_rate"]["n"] == 4
 
 
-def test_rule_scores_are_ifcheck_per_sample():
-    rows = ifcheck.preference_rows(30, seed=0)
-    constraints = [row["constraints"] for row in rows]  # JSON strings, as ifcheck rows store them
-    assert judge.rule_scores([row["chosen"] for row in rows], constraints) == [1.0] * 30
-    rejected = judge.rule_scores([row["rejected"] for row in rows], [json.loads(c) for c in constraints])
+def test_rule_scores_are_the_tasks_verdict_per_sample():
+    rows = ifcheck.preference_rows(30, seed=0)  # constraints as JSON strings, as ifcheck rows store them
+    task = ifcheck.IfCheck()
+    assert judge.rule_scores(task, [row["chosen"] for row in rows], rows) == [1.0] * 30
+    parsed = [{**row, "constraints": json.loads(row["constraints"])} for row in rows]
+    rejected = judge.rule_scores(task, [row["rejected"] for row in rows], parsed)
     assert rejected == [ifcheck.judge(row["rejected"], json.loads(row["constraints"])) for row in rows]
     assert all(s < 1.0 for s in rejected)
-    result = win_rate(judge.rule_scores([row["chosen"] for row in rows], constraints), rejected)
+    result = win_rate(judge.rule_scores(task, [row["chosen"] for row in rows], rows), rejected)
     assert result["wins"] == 30
 
 
 def test_judges_refuse_unpaired_inputs_before_scoring():
-    with pytest.raises(UserError, match="rule judge: 2 constraint lists but 1 responses"):
-        judge.rule_scores(["a"], [[{"kind": "caps"}], [{"kind": "caps"}]])
+    with pytest.raises(UserError, match="rule judge: 2 rows but 1 responses"):
+        judge.rule_scores(ifcheck.IfCheck(), ["a"], [{"constraints": [{"kind": "caps"}]}] * 2)
     with pytest.raises(UserError, match="reward-model judge: 1 prompts but 2 responses"):
         judge.reward_model_scores(None, None, prompts_for(1), ["a", "b"], "chat", 64)
 

@@ -16,13 +16,13 @@ from rlft.errors import Stopped, UserError
 TRAIN_HELP = """\
 Compose a config with Hydra and run one stage. Overrides are Hydra's KEY=VALUE:
 
-  stage=sft            which stage (a file under configs/stage/)
-  model=tiny           model preset (configs/model/): tiny (built locally) or qwen2_5_0_5b
+  stage=sft            which stage (a file under configs/stage/): sft rm dpo rloo bon winrate sample
+  model=tiny           model preset (configs/model/): tiny (built locally), smollm2_135m or qwen2_5_0_5b
   data=countdown       data preset (configs/data/)
   peft=none|lora|qlora full fine-tuning, LoRA, or QLoRA (4-bit base + LoRA)
   rm_loss=bt|siamese|regression   stage=rm: the reward model's loss
   reward_model=tiny    reward-model backbone (stage=rm; reward= and judge=reward_model score with it)
-  reward=countdown|ifcheck|reward_model|countdown_and_reward_model   what stage=rloo rewards
+  reward=countdown|ifcheck|ifeval|reward_model|countdown_and_reward_model   what stage=rloo rewards
   judge=rule|reward_model|endpoint   how stage=winrate scores win-rates
   experiment=NAME      a bundle of overrides (configs/experiment/)
   run_dir=DIR          where config.yaml, env.json, metrics.jsonl, model/ and DONE go

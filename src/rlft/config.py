@@ -274,6 +274,12 @@ def _check_sampling(cfg) -> None:
     transformers refuses to sample at 0 anyway; a negative temperature is not a temperature.
     Likewise stage=winrate's sampled `decoding` (decoding.do_sample=true) needs decoding.temperature > 0."""
     stage = cfg.stage.get("name")
+    if stage == "sample":  # k samples per prompt, the pairs or the correct ones kept: greedy gives k copies
+        t = cfg.get("temperature")
+        if isinstance(t, (int, float)) and not isinstance(t, bool) and t <= 0:
+            raise UserError(f"temperature={t} with k={cfg.get('k')}: stage=sample draws k samples per prompt at "
+                            "`temperature`; at <= 0 they would be one greedy answer k times; set temperature > 0")
+        return
     if stage not in ("bon", "winrate"):
         return
     n, temperature = cfg.get("n"), cfg.get("temperature")
@@ -367,7 +373,8 @@ def _check_type(target: str, param: inspect.Parameter, node, key: str, path: str
     if isinstance(annotation, str):  # postponed annotations (dataclasses of `from __future__` modules)
         module_name, _, attr = target.rpartition(".")
         try:
-            annotation = typing.get_type_hints(getattr(importlib.import_module(module_name), attr)).get(key)
+            obj = getattr(importlib.import_module(module_name), attr)
+            annotation = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj).get(key)
         except Exception:  # unresolvable hints: leave the check to the callable
             return
     choices = _literal_choices(annotation)

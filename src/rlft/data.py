@@ -258,6 +258,19 @@ def ifcheck_prompt_dataset(n: int, seed: int, system_prompt: str | None = None, 
          "constraints": r["constraints"]} for r in rows])
 
 
+def ifeval_prompt_dataset(n: int, seed: int, system_prompt: str | None = None, heldout: list[dict] | None = None):
+    """Generated IFEval prompts (rlft.tasks.ifeval) as on-policy prompts, none of them held out: the
+    conversational prompt plus the columns IFEval's checkers read (instruction_id_list, kwargs as
+    JSON, the prompt's own text: a few checkers are built from it)."""
+    from rlft.tasks import ifeval  # if-verifiable loads at first check, not here
+
+    rows = ifeval.train_rows(n, seed + 1, heldout=heldout or [])
+    return datasets.Dataset.from_list([
+        {"prompt": _with_system([{"role": "user", "content": r["prompt"]}], system_prompt),
+         "instruction_id_list": r["instruction_id_list"], "kwargs": json.dumps(r["kwargs"]), "prompt_text": r["prompt"]}
+        for r in rows])
+
+
 def _preference_row(prompt: list[dict], chosen: str, rejected: str, score_chosen=None, score_rejected=None) -> dict:
     """TRL's conversational preference format, plus the scores a regression reward model needs."""
     return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],

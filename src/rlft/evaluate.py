@@ -1,17 +1,14 @@
-"""Sampling from a policy and scoring it on held-out problems with a task's verifier."""
+"""Sampling from a policy and scoring it on held-out rows through their task (rlft.tasks)."""
 
 from __future__ import annotations
-
-import json
 
 import torch
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from rlft.metrics import expected_max_at_k, expected_pick_at_k, mean_interval, pass_at_k, wilson_interval, win_rate
+from rlft.stats import expected_max_at_k, expected_pick_at_k, mean_interval, pass_at_k, wilson_interval, win_rate
 from rlft.models import stop_token_ids
-from rlft.tasks import countdown, ifcheck
-from rlft.tasks.countdown import Scorer
+from rlft.tasks import Task
 
 
 def chat_messages(user_texts: list[str], system_prompt: str | None = None) -> list[list[dict]]:
@@ -83,108 +80,83 @@ def generate(
     return completions
 
 
-def _countdown_prompts(tokenizer, problems: list[dict], template: str, system_prompt: str | None) -> list[str]:
-    users = [countdown.make_prompt(p["nums"], p["target"], template) for p in problems]
-    return chat_prompts(tokenizer, users, system_prompt)
+def task_prompts(tokenizer, task: Task, rows: list[dict], system_prompt: str | None) -> list[str]:
+    """The rows' user turns in `task`'s prompt format, rendered with the chat template."""
+    return chat_prompts(tokenizer, [task.user_text(r) for r in rows], system_prompt)
 
 
-def countdown_heldout(model, tokenizer, problems: list[dict], template: str, system_prompt: str | None,
-                      max_new_tokens: int = 64, batch_size: int = 64, scorer: Scorer = "rlft") -> dict:
-    """Greedy answers on held-out Countdown problems, scored by the TinyZero verifier under the
-    `scorer` rule (countdown.SCORERS: "rlft" the last answer anywhere, "tinyzero" the authors'
-    last-line rule), which the result names.
+def _shown(task: Task, row: dict) -> dict:
+    return {k: row[k] for k in task.shown if k in row}
 
-    Reports exact-match accuracy (Wilson 95% CI) and the mean TinyZero score (0/0.1/1, normal
-    95% CI) both, since the paper's "accuracy" is the mean score with 0.1 format credit in it.
-    """
-    countdown.check_rule(scorer)  # before any generation
-    responses = generate(model, tokenizer, _countdown_prompts(tokenizer, problems, template, system_prompt),
-                         max_new_tokens, batch_size, desc="countdown held-out")
-    scores = [countdown.score(r, p["nums"], p["target"], scorer) for r, p in zip(responses, problems)]
-    n = len(scores)
-    correct = sum(s == countdown.CORRECT for s in scores)
-    answered = sum(s > 0 for s in scores)
-    return {
-        "accuracy": {"value": correct / n, "ci95": list(wilson_interval(correct, n)), "n": n},
-        "mean_score": {"value": sum(scores) / n, "ci95": list(mean_interval(scores)), "n": n},
-        "answer_rate": {"value": answered / n, "ci95": list(wilson_interval(answered, n)), "n": n},
+
+def heldout(model, tokenizer, rows: list[dict], task: Task, system_prompt: str | None = None,
+            max_new_tokens: int = 64, batch_size: int = 64) -> dict:
+    """Greedy responses to held-out rows, judged by `task` (rlft.tasks): the task's metrics (each
+    with a 95% interval), how it scored, and the per-prompt scores (for win-rates against another
+    model's answers to the same rows)."""
+    responses = generate(model, tokenizer, task_prompts(tokenizer, task, rows, system_prompt), max_new_tokens,
+                         batch_size, desc=f"{task.name} held-out")
+    verdicts = [task.verdict(r, row) for r, row in zip(responses, rows, strict=True)]
+    out = {
+        **task.summarize(verdicts),
         "decoding": "greedy",
-        "scorer": scorer,
+        **task.describe(),
         "max_new_tokens": max_new_tokens,
-        "samples": [{"nums": p["nums"], "target": p["target"], "response": r, "score": s}
-                    for p, r, s in list(zip(problems, responses, scores))[:20]],
+        "scores": [v.score for v in verdicts],
+        "samples": [{**_shown(task, row), "response": r, "score": v.score}
+                    for row, r, v in list(zip(rows, responses, verdicts))[:20]],
     }
+    for name, (extra, dropped) in task.extra_heldout().items():  # e.g. IFBench beside IFEval: out of distribution
+        answers = generate(model, tokenizer, task_prompts(tokenizer, task, extra, system_prompt), max_new_tokens,
+                           batch_size, desc=f"{name} held-out")
+        summary = task.summarize([task.verdict(r, row) for r, row in zip(answers, extra, strict=True)])
+        out |= {f"{name}_{metric}": value for metric, value in summary.items()}
+        out |= {f"{name}_rows_checked": len(extra), f"{name}_rows_dropped": dropped}
+    return out
 
 
-def countdown_best_of_n(model, tokenizer, problems: list[dict], template: str, system_prompt: str | None,
-                        n: int, temperature: float = 1.0, sweep: list[int] | None = None,
-                        max_new_tokens: int = 64, batch_size: int = 64, selector=None,
-                        selector_name: str = "countdown verifier", scorer: Scorer = "rlft") -> dict:
-    """N sampled answers per held-out problem; the verifier picks the best of any n of them.
+def best_of_n(model, tokenizer, rows: list[dict], task: Task, system_prompt: str | None, n: int,
+              temperature: float = 1.0, sweep: list[int] | None = None, max_new_tokens: int = 64,
+              batch_size: int = 64, selector=None, selector_name: str | None = None) -> dict:
+    """N sampled responses per held-out row; the task's verdict picks the best of any n of them.
 
-    The verifier needs only the numbers and target the prompt already holds, so the selection is
-    deployable at inference time, yet it is pass@n-like: pass@1 is reported beside it. Every
-    best-of-n (n in `sweep`, up to N) comes from the same N samples through unbiased estimators
-    over subsets (pass@k for exact match, the expected maximum for the TinyZero score), averaged
-    over prompts with a normal 95% interval. With a `selector(prompts, responses, rows) -> keys`
-    (a reward model), each subset's pick is its highest-key sample instead, scored by the verifier.
-    `scorer` is the verifier's rule (countdown.SCORERS), for picking and scoring both.
+    The verdict needs only what the prompt already holds (Countdown's numbers and target, the
+    instructions' arguments), so the selection is deployable at inference time, yet it is
+    pass@n-like: pass@1 is reported beside it. Every best-of-n (n in `sweep`, up to N) comes from the
+    same N samples through unbiased estimators over subsets (pass@k for `correct`, the expected
+    maximum for `score`), averaged over prompts with a normal 95% interval. With a
+    `selector(prompts, responses, rows) -> keys` (a reward model), each subset's pick is its
+    highest-key sample instead, judged by the task.
     """
-    countdown.check_rule(scorer)  # before any sampling
-    prompts = _countdown_prompts(tokenizer, problems, template, system_prompt)
+    prompts = task_prompts(tokenizer, task, rows, system_prompt)
     responses = generate(model, tokenizer, prompts, max_new_tokens, max(1, batch_size // n), do_sample=True,
-                         temperature=temperature, num_return_sequences=n, desc=f"countdown best-of-{n}")
-    per_prompt = [
-        [countdown.score(r, p["nums"], p["target"], scorer) for r in responses[i * n : (i + 1) * n]]
-        for i, p in enumerate(problems)
-    ]
+                         temperature=temperature, num_return_sequences=n, desc=f"{task.name} best-of-{n}")
+    verdicts = [[task.verdict(r, row) for r in responses[i * n : (i + 1) * n]] for i, row in enumerate(rows)]
     keys = None
     if selector is not None:
-        rows = [p for p in problems for _ in range(n)]
-        messages = chat_messages([countdown.make_prompt(p["nums"], p["target"], template) for p in rows], system_prompt)
-        flat = selector(messages, responses, rows)
-        keys = [flat[i * n : (i + 1) * n] for i in range(len(problems))]
+        repeated = [row for row in rows for _ in range(n)]
+        flat = selector(chat_messages([task.user_text(row) for row in repeated], system_prompt), responses, repeated)
+        keys = [flat[i * n : (i + 1) * n] for i in range(len(rows))]
     sweep = sorted({k for k in (sweep or _powers_of_two(n)) if 1 <= k <= n} | {n})
     out = {}
     for k in sweep:
         if keys is None:
-            exact = [pass_at_k(n, sum(s == countdown.CORRECT for s in scores), k) for scores in per_prompt]
-            mean = [expected_max_at_k(scores, k) for scores in per_prompt]
+            exact = [pass_at_k(n, sum(v.correct for v in vs), k) for vs in verdicts]
+            mean = [expected_max_at_k([v.score for v in vs], k) for vs in verdicts]
         else:
-            exact = [expected_pick_at_k([float(s == countdown.CORRECT) for s in scores], ks, k)
-                     for scores, ks in zip(per_prompt, keys)]
-            mean = [expected_pick_at_k(scores, ks, k) for scores, ks in zip(per_prompt, keys)]
+            exact = [expected_pick_at_k([float(v.correct) for v in vs], ks, k) for vs, ks in zip(verdicts, keys)]
+            mean = [expected_pick_at_k([v.score for v in vs], ks, k) for vs, ks in zip(verdicts, keys)]
         name = "pass@1" if k == 1 else f"best_of_{k}"
         out[f"{name}_accuracy"] = {"value": sum(exact) / len(exact), "ci95": list(mean_interval(exact)), "n": len(exact)}
         out[f"{name}_mean_score"] = {"value": sum(mean) / len(mean), "ci95": list(mean_interval(mean)), "n": len(mean)}
-    out.update({"samples_per_prompt": n, "temperature": temperature, "num_prompts": len(problems),
-                "selector": selector_name, "scorer": scorer, "max_new_tokens": max_new_tokens})
+    out.update({"samples_per_prompt": n, "temperature": temperature, "num_prompts": len(rows),
+                "selector": selector_name or f"{task.name} verifier", **task.describe(),
+                "max_new_tokens": max_new_tokens})
     return out
 
 
 def _powers_of_two(n: int) -> list[int]:
     return [2**i for i in range(n.bit_length()) if 2**i <= n]
-
-
-def ifcheck_heldout(model, tokenizer, prompts: list[dict], system_prompt: str | None = None,
-                    max_new_tokens: int = 64, batch_size: int = 64) -> dict:
-    """Greedy responses to held-out ifcheck prompts, judged by the rule checker: the mean
-    fraction of constraints satisfied and the rate of fully satisfied prompts, with per-prompt
-    judge scores kept for win-rates against another model."""
-    responses = generate(model, tokenizer, chat_prompts(tokenizer, [p["prompt"] for p in prompts], system_prompt),
-                         max_new_tokens, batch_size, desc="ifcheck held-out")
-    scores = [ifcheck.judge(r, json.loads(p["constraints"])) for r, p in zip(responses, prompts)]
-    n = len(scores)
-    full = sum(s == 1.0 for s in scores)
-    return {
-        "satisfied": {"value": sum(scores) / n, "ci95": list(mean_interval(scores)), "n": n},
-        "all_satisfied": {"value": full / n, "ci95": list(wilson_interval(full, n)), "n": n},
-        "decoding": "greedy",
-        "judge": "ifcheck rules",
-        "scores": scores,
-        "samples": [{"prompt": p["prompt"], "response": r, "score": s}
-                    for p, r, s in list(zip(prompts, responses, scores))[:20]],
-    }
 
 
 def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows: list[dict], judge,

@@ -1,13 +1,13 @@
 """Judges: one float score per (prompt, response), so two models can be compared by win rate.
 
-    from rlft import judge, metrics
+    from rlft import judge, stats
     url, rm = "https://integrate.api.nvidia.com/v1", "nvidia/llama-3.1-nemotron-70b-reward"
     ours = judge.endpoint_scores(prompts, our_responses, url, rm, cache="~/.cache/rlft/judge")
     ref = judge.endpoint_scores(prompts, reference_responses, url, rm, cache="~/.cache/rlft/judge")
-    metrics.win_rate(ours, ref)   # the paper's win rate against Qwen2.5-0.5B-Instruct
+    stats.win_rate(ours, ref)     # the paper's win rate against Qwen2.5-0.5B-Instruct
 
 Three judges, one per kind of evidence:
-  rule_scores          ifcheck's rule judge (offline pipeline; exact, no model)
+  rule_scores          the data's task (rlft.tasks: ifcheck's rules, IFEval's checkers; exact, no model)
   reward_model_scores  a local reward model through reward_models.score (the same contract as training)
   endpoint_scores      a reward model served behind an OpenAI-compatible chat-completions endpoint
                        that answers "reward:<float>", as the paper used Llama-3.1-Nemotron-70B-Reward:
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from rlft import reward_models
 from rlft.errors import UserError
-from rlft.tasks import ifcheck
+from rlft.tasks import Task
 
 # The whole reply must be "reward:<float>": a prefix match would accept "reward:1; anything".
 REWARD = re.compile(r"reward:\s*([-+]?\d+(\.\d+)?([eE][-+]?\d+)?)")
@@ -53,11 +53,11 @@ def _same_length(inputs: list, responses: list, what: str, inputs_name: str = "p
                         "they must pair up one to one")
 
 
-def rule_scores(responses: list[str], constraints_list: list) -> list[float]:
-    """ifcheck's rule judge per sample (fraction of constraints satisfied, 0..1). Constraints may be
-    lists of dicts or the JSON strings ifcheck rows store them as."""
-    _same_length(constraints_list, responses, "rule judge", "constraint lists")
-    return [ifcheck.judge(r, json.loads(c) if isinstance(c, str) else c) for r, c in zip(responses, constraints_list)]
+def rule_scores(task: Task, responses: list[str], rows: list[dict]) -> list[float]:
+    """A task's verdict score per sample (rlft.tasks: ifcheck's fraction of constraints met, IFEval's
+    fraction of instructions followed, Countdown's verifier), from each held-out row."""
+    _same_length(rows, responses, "rule judge", "rows")
+    return [task.verdict(r, row).score for r, row in zip(responses, rows)]
 
 
 def reward_model_scores(model, tokenizer, prompts: list[list[dict]], responses: list[str], fmt: str, max_length: int,
@@ -417,9 +417,12 @@ def _snippet(raw: bytes) -> str:
 # Each returns judge(prompts, responses, rows) -> scores, rows being the held-out rows (the rule
 # judge reads their constraints); stage=winrate compares two models' responses with it.
 
-def rule_judge():
-    """configs/judge/rule.yaml: ifcheck's rules on each held-out row's constraints."""
-    return lambda prompts, responses, rows: rule_scores(responses, [r["constraints"] for r in rows])
+def rule_judge(task: Task | None):
+    """configs/judge/rule.yaml: the data's task (data.task) judges each held-out row."""
+    if task is None:
+        raise UserError("judge=rule scores with the data preset's task and this one has none (data.task is null); "
+                        "use judge=reward_model or judge=endpoint")
+    return lambda prompts, responses, rows: rule_scores(task, responses, rows)
 
 
 def reward_model_judge(path: str, fmt: str = "chat", max_length: int = 1024, batch_size: int = 32,

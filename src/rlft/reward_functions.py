@@ -5,6 +5,8 @@ Each is built from the `reward` config group (configs/reward/), which names them
 
     reward=countdown   the TinyZero verifier (0 / 0.1 / 1) on the dataset's nums and target
     reward=ifcheck     the rule judge of the offline instruction task (fraction of constraints met)
+    reward=ifeval      IFEval's checkers (fraction of instructions followed)
+                       (all three: task_reward, the task's verdict through rlft.tasks' contract)
     reward=reward_model  a trained reward model (stage=rm's model/) through rlft.reward_models' scoring
                        contract, so it sees exactly the tokens it was trained on (TRL's own path re-tokenises)
 
@@ -15,7 +17,6 @@ in the metrics as unscorable/<name>; the run goes on.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 
@@ -23,8 +24,7 @@ from accelerate import PartialState
 
 from rlft import reward_models
 from rlft.config import build
-from rlft.tasks import countdown, ifcheck
-from rlft.tasks.countdown import Scorer
+from rlft.tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -36,26 +36,19 @@ def completion_text(completion) -> str:
     return str(completion)
 
 
-def countdown_reward(scorer: Scorer = "rlft"):
-    """TinyZero's Countdown score of each completion (rlft.tasks.countdown.score; never evals),
-    under the `scorer` rule (countdown.SCORERS; the reward preset passes data.scorer)."""
-    countdown.check_rule(scorer)  # when the reward is built, not on the first batch
+def task_reward(task: Task):
+    """A task's verdict score (rlft.tasks) of each completion, read from the prompt dataset's columns
+    the task names (Countdown: nums, target; ifcheck: constraints; IFEval: instruction_id_list, kwargs).
+    The task is built with the reward, so a bad rule fails before the first batch."""
 
-    def countdown_score(prompts, completions, nums, target, **kwargs):
-        return [countdown.score(completion_text(c), n, t, scorer)
-                for c, n, t in zip(completions, nums, target, strict=True)]
+    def score(prompts, completions, **columns):
+        missing = [c for c in task.columns if c not in columns]
+        if missing:
+            raise ValueError(f"the prompt dataset has no {', '.join(missing)} column for the {task.name} task")
+        rows = [dict(zip(task.columns, values)) for values in zip(*(columns[c] for c in task.columns))]
+        return [task.verdict(completion_text(c), row).score for c, row in zip(completions, rows, strict=True)]
 
-    return countdown_score
-
-
-def ifcheck_reward():
-    """The ifcheck rule judge: the fraction of a prompt's constraints the completion satisfies."""
-
-    def ifcheck_judge(prompts, completions, constraints, **kwargs):
-        return [ifcheck.judge(completion_text(c), json.loads(cs) if isinstance(cs, str) else cs)
-                for c, cs in zip(completions, constraints, strict=True)]
-
-    return ifcheck_judge
+    return score
 
 
 def reward_model_reward(path: str, fmt: str = "chat", max_length: int = 1024, batch_size: int = 32,

@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import pad_sequence
 from trl import RewardTrainer
 
 from rlft import models
-from rlft.metrics import wilson_interval
+from rlft.stats import wilson_interval
 
 FORMATS = ("chat", "pair")
 

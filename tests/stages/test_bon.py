@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from rlft.metrics import expected_max_at_k, expected_pick_at_k, pass_at_k
+from rlft.stats import expected_max_at_k, expected_pick_at_k, pass_at_k
 
 
 @pytest.mark.parametrize("scores", [[0, 0.1, 1, 0.1, 0, 1], [1.0], [0.0] * 5, [0.1, 1, 1, 0, 0.1, 0, 0, 1]])
@@ -75,8 +75,23 @@ def test_bon_cli_contract(tmp_path, run_cli, tiny_base):
 def test_bon_needs_heldout_prompts_and_a_verifier(tmp_path, run_cli, tiny_base):
     code, _, err = run_cli("train", "stage=bon", "data=smoltalk", f"init_from={tiny_base}", f"run_dir={tmp_path}/b")
     assert code == 2 and "data=smoltalk has no heldout" in err
-    code, _, err = run_cli("train", "stage=bon", "data=ifcheck", f"init_from={tiny_base}", f"run_dir={tmp_path}/c")
-    assert code == 2 and "use stage=winrate" in err
+    code, _, err = run_cli("train", "stage=bon", "data=ifcheck", "data.task=null", f"init_from={tiny_base}",
+                           f"run_dir={tmp_path}/c")
+    assert code == 2 and "data=ifcheck has no task" in err and "use stage=winrate" in err
+
+
+def test_bon_picks_by_any_tasks_verdict(tmp_path, run_cli, tiny_base):
+    """Best-of-N is the task's, not Countdown's: on ifcheck every sample is judged by its rules,
+    so best-of-n can only gain on pass@1, and the samples shown are the prompts'."""
+    run_dir = tmp_path / "if"
+    code, _, err = run_cli("train", "stage=bon", "data=ifcheck", f"init_from={tiny_base}", "n=4", "num_prompts=6",
+                           "data.evaluate.max_new_tokens=8", "stage.sweep=[1,4]", f"run_dir={run_dir}")
+    assert code == 0, err
+    results = json.loads((run_dir / "results.json").read_text())
+    greedy, sampled = results["greedy"], results["sampled"]
+    assert greedy["judge"] == "ifcheck rules" and greedy["all_satisfied"]["n"] == 6 and len(greedy["scores"]) == 6
+    assert "prompt" in greedy["samples"][0] and sampled["selector"] == "ifcheck verifier"
+    assert sampled["best_of_4_mean_score"]["value"] >= sampled["pass@1_mean_score"]["value"]
 
 
 def test_an_integer_temperature_from_the_command_line_samples(tmp_path, run_cli, tiny_base):

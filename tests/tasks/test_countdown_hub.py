@@ -87,12 +87,12 @@ def test_paper_math_configs_use_the_authors_evaluation(experiment):
 
     cfg = OmegaConf.to_container(compose(f"experiment={experiment}"), resolve=True)
     assert cfg["data"]["scorer"] == "tinyzero"
-    assert cfg["data"]["evaluate"]["scorer"] == "tinyzero"
+    assert cfg["data"]["task"]["scorer"] == "tinyzero" and cfg["data"]["evaluate"]["task"]["scorer"] == "tinyzero"
     assert cfg["data"]["evaluate"]["max_new_tokens"] == 512
     assert cfg["data"]["heldout"] == {"_target_": "rlft.data.countdown_hub_problems",
                                       "path": "Jiayi-Pan/Countdown-Tasks-3to4", "split": "train", "n": 200,
                                       "seed": 1000003}
-    assert cfg["reward"]["funcs"]["countdown"]["scorer"] == "tinyzero"  # RLOO's reward and select=reward
+    assert cfg["reward"]["funcs"]["countdown"]["task"]["scorer"] == "tinyzero"  # RLOO's reward and select=reward
     training = cfg["data"].get("sft_dataset") if cfg["stage"]["name"] == "sft" else cfg["data"].get("prompt_dataset")
     if training:
         assert training["heldout"] == cfg["data"]["heldout"]  # excluded from training
@@ -103,8 +103,8 @@ def test_paper_math_covers_every_row_and_other_presets_keep_rlfts_rule():
             "paper_math_bon"} <= set(PAPER_MATH)
     for override in ("data=countdown", "data=countdown_tiny", "data=countdown_warmstart", "experiment=tiny_math_rloo"):
         cfg = compose(override)
-        assert cfg.data.scorer == "rlft" and cfg.data.evaluate.scorer == "rlft"
-        assert cfg.reward.funcs.countdown.scorer == "rlft"
+        assert cfg.data.scorer == "rlft" and cfg.data.task.scorer == "rlft"
+        assert cfg.reward.funcs.countdown.task.scorer == "rlft"
         assert cfg.data.heldout._target_ == "rlft.tasks.countdown.generate_problems"  # offline by default
     # the hub source is a data/heldout option any Countdown preset can take
     cfg = compose("data=countdown_tiny", "data/heldout=countdown_tasks", "data.heldout.n=50")
@@ -175,11 +175,11 @@ def test_heldout_and_best_of_n_results_name_their_rule(scorer, accuracy):
     from rlft import evaluate
 
     problems = countdown.generate_problems(6, seed=1)
-    greedy = evaluate.countdown_heldout(Policy(), Tokenizer(), problems, "tinyzero", None, scorer=scorer)
+    greedy = evaluate.heldout(Policy(), Tokenizer(), problems, countdown.Countdown("tinyzero", scorer))
     assert greedy["scorer"] == scorer and greedy["accuracy"]["value"] == accuracy
-    sampled = evaluate.countdown_best_of_n(Policy(), Tokenizer(), problems, "tinyzero", None, n=4, scorer=scorer)
+    sampled = evaluate.best_of_n(Policy(), Tokenizer(), problems, countdown.Countdown("tinyzero", scorer), None, n=4)
     assert sampled["scorer"] == scorer and sampled["best_of_4_accuracy"]["value"] == accuracy
-    assert evaluate.countdown_heldout(Policy(), Tokenizer(), problems, "tinyzero", None)["scorer"] == "rlft"
+    assert evaluate.heldout(Policy(), Tokenizer(), problems, countdown.Countdown())["scorer"] == "rlft"
 
 
 def test_paper_math_bon_scores_by_the_last_line_at_512_tokens(tmp_path, monkeypatch):

@@ -4,12 +4,14 @@
     rlft train stage=bon data=countdown init_from=runs/sft/model select=reward reward=reward_model reward.path=runs/rm/model
     make demo   (best-of-16 on the SFT and on the RLOO model)
 
-Countdown (data.task=countdown): greedy answers, then N samples per held-out problem, one picked
-by the verifier (select=verifier) or by the `reward` group (select=reward, e.g. a reward model).
-Writes run_dir/results.json: greedy accuracy, pass@1 and best-of-n for every n in `stage.sweep` up
-to N (unbiased, from the same N samples), exact match and mean TinyZero score, each with a 95%
-interval, plus seed, N, temperature, prompt count and the scoring rule (data.scorer: rlft's last
-answer anywhere, or tinyzero's last line only).
+Any data preset with a task (data.task: Countdown, ifcheck, IFEval; rlft.tasks): greedy answers,
+then N samples per held-out prompt, one picked by the task's verifier (select=verifier) or by the
+`reward` group (select=reward, e.g. a reward model), every answer judged by the task. Writes
+run_dir/results.json: the greedy metrics, pass@1 and best-of-n for every n in `stage.sweep` up to N
+(unbiased, from the same N samples) for exact success (`accuracy`: Countdown's right answer, every
+instruction followed) and the mean task score, each with a 95% interval, plus seed, N, temperature,
+prompt count and how the task scored (Countdown's data.scorer: rlft's last answer anywhere, or
+tinyzero's last line only).
 
 A win-rate against a reference model (instruction data, a judge) is stage=winrate: it shares no
 step with this one after the policy loads (one model sampled N times and checked by a verifier,
@@ -32,9 +34,10 @@ def main(cfg) -> tuple[dict, dict]:
         raise UserError(f"n must be >= 1 and num_prompts >= 1 (or null); got n={cfg.n}, num_prompts={cfg.num_prompts}")
     if not cfg.data.get("heldout"):
         raise UserError(f"stage=bon needs held-out prompts; data={cfg.data.name} has no heldout")
-    if cfg.data.get("task") != "countdown":
-        raise UserError(f"stage=bon picks answers with a task's verifier and data={cfg.data.name} has none "
-                        "(data=countdown does); to compare a model with a reference model use stage=winrate")
+    if not cfg.data.get("task"):
+        raise UserError(f"stage=bon picks answers with a task's verifier and data={cfg.data.name} has no task "
+                        "(data=countdown, ifcheck and ifeval do); to compare a model with a reference model use "
+                        "stage=winrate")
     if cfg.select not in ("verifier", "reward"):
         raise UserError(f"select={cfg.select!r}: choose verifier or reward")
     heldout = build(cfg.data.heldout, **({"n": cfg.num_prompts} if cfg.num_prompts else {}))
@@ -46,16 +49,16 @@ def main(cfg) -> tuple[dict, dict]:
     model = models.load_sampling_policy(path, tokenizer, cfg.model.frozen_dtype, cfg.generation_backend, cfg.seed)
 
     # 3. the pick: the task's verifier, or the `reward` group (select=reward: e.g. a reward model)
+    task = build(cfg.data.task)
     selector = reward_functions.selector(cfg.reward) if cfg.select == "reward" else None
-    selector_name = f"reward={cfg.reward.name}" if selector else "countdown verifier"
+    selector_name = f"reward={cfg.reward.name}" if selector else f"{task.name} verifier"
 
-    # 4. greedy answers, then N samples per problem, one picked, every answer scored by the verifier
+    # 4. greedy answers, then N samples per problem, one picked, every answer judged by the task
     greedy = build(cfg.data.evaluate)(model, tokenizer, heldout)
-    sampled = evaluate.countdown_best_of_n(model, tokenizer, heldout, cfg.data.template, cfg.data.system_prompt,
-                                           n=cfg.n, temperature=cfg.temperature, sweep=cfg.stage.sweep,
-                                           max_new_tokens=cfg.data.evaluate.max_new_tokens,
-                                           batch_size=cfg.data.evaluate.batch_size, selector=selector,
-                                           selector_name=selector_name,
-                                           scorer=cfg.data.evaluate.get("scorer", "rlft"))  # as greedy's
+    sampled = evaluate.best_of_n(model, tokenizer, heldout, task, cfg.data.system_prompt, n=cfg.n,
+                                 temperature=cfg.temperature, sweep=cfg.stage.sweep,
+                                 max_new_tokens=cfg.data.evaluate.max_new_tokens,
+                                 batch_size=cfg.data.evaluate.batch_size, selector=selector,
+                                 selector_name=selector_name)
     card = {"base_model": path, "generation_backend": cfg.generation_backend, "selector": selector_name}
     return {"greedy": greedy, "sampled": sampled, "seed": cfg.seed, "model": path}, card

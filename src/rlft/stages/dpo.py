@@ -17,7 +17,8 @@ from trl import DPOTrainer
 from rlft import models
 from rlft.config import build
 from rlft.data import count_over_length
-from rlft.metrics import MetricsLogger, win_rate
+from rlft.metrics import MetricsLogger
+from rlft.stats import win_rate
 from rlft.train import fit
 
 

@@ -18,7 +18,8 @@ from transformers import set_seed
 from rlft import models, reward_functions
 from rlft.config import build
 from rlft.errors import UserError
-from rlft.metrics import MetricsLogger, win_rate
+from rlft.metrics import MetricsLogger
+from rlft.stats import win_rate
 from rlft.train import fit
 
 
@@ -73,7 +74,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     if policy is not None and heldout:
         evaluate = build(cfg.data.evaluate)
         results = {"heldout": evaluate(policy, tokenizer, heldout)}
-        if "scores" in results["heldout"]:
+        if cfg.data.get("task") and build(cfg.data.task).instructions:
             ref = evaluate(models.load_causal_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
             results |= {"reference": ref, "vs_reference": win_rate(results["heldout"]["scores"], ref["scores"])}
     card = {

@@ -33,9 +33,9 @@ def main(cfg) -> tuple[dict, dict]:
         raise UserError(f"n must be >= 1 and num_prompts >= 1 (or null); got n={cfg.n}, num_prompts={cfg.num_prompts}")
     if not cfg.data.get("heldout"):
         raise UserError(f"stage=winrate needs held-out prompts; data={cfg.data.name} has no heldout")
-    if cfg.data.get("task") == "countdown":
-        raise UserError("stage=winrate compares answers to instruction prompts; data=countdown's problems are "
-                        "scored by its verifier: use stage=bon")
+    if cfg.data.get("task") and not build(cfg.data.task).instructions:
+        raise UserError(f"stage=winrate compares answers to instruction prompts; data={cfg.data.name}'s problems "
+                        "are scored by its task's verifier: use stage=bon")
     if not cfg.reference:
         raise UserError(f"stage=winrate on data={cfg.data.name} compares against a reference model: "
                         "set reference=MODEL_DIR (the paper's is Qwen/Qwen2.5-0.5B-Instruct)")

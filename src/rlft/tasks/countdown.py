@@ -35,6 +35,9 @@ from typing import Literal, get_args
 
 from tqdm.auto import tqdm
 
+from rlft.stats import mean_interval, wilson_interval
+from rlft.tasks import Task, Verdict
+
 NO_ANSWER, FORMAT_SCORE, CORRECT = 0.0, 0.1, 1.0
 Scorer = Literal["rlft", "tinyzero"]  # which answer counts: the last anywhere, or the last on the last line
 SCORERS: tuple[str, ...] = get_args(Scorer)
@@ -208,6 +211,43 @@ def score(response: str, nums: list[int], target: int | float, rule: Scorer = "r
 def is_correct(response: str, nums: list[int], target: int | float, rule: Scorer = "rlft") -> bool:
     """True when `response` scores 1.0 under `rule`."""
     return score(response, nums, target, rule) == CORRECT
+
+
+class Countdown(Task):
+    """Countdown as an rlft task (rlft.tasks): rows {nums, target}, the prompt `template`, the
+    verifier under the `scorer` rule (SCORERS: which answer counts). Held-out metrics: exact-match accuracy (Wilson 95% interval),
+    the mean TinyZero score (0/0.1/1, normal 95% interval: the paper's "accuracy" has the 0.1 format
+    credit in it) and the rate of responses with an answer."""
+
+    name = "countdown"
+    columns = ("nums", "target")
+    shown = ("nums", "target")
+
+    def __init__(self, template: str = "tinyzero", scorer: Scorer = "rlft"):
+        if template not in TEMPLATES:
+            raise ValueError(f"unknown countdown template {template!r}; choose from {sorted(TEMPLATES)}")
+        self.template, self.scorer = template, check_rule(scorer)
+
+    def user_text(self, row: dict) -> str:
+        return make_prompt(row["nums"], row["target"], self.template)
+
+    def verdict(self, response: str, row: dict) -> Verdict:
+        s = score(response, row["nums"], row["target"], self.scorer)
+        return Verdict(s, s == CORRECT)
+
+    def summarize(self, verdicts: list[Verdict]) -> dict:
+        n = len(verdicts)
+        correct = sum(v.correct for v in verdicts)
+        answered = sum(v.score > NO_ANSWER for v in verdicts)
+        scores = [v.score for v in verdicts]
+        return {
+            "accuracy": {"value": correct / n, "ci95": list(wilson_interval(correct, n)), "n": n},
+            "mean_score": {"value": sum(scores) / n, "ci95": list(mean_interval(scores)), "n": n},
+            "answer_rate": {"value": answered / n, "ci95": list(wilson_interval(answered, n)), "n": n},
+        }
+
+    def describe(self) -> dict:
+        return {"scorer": self.scorer}
 
 
 # --------------------------------------------------------------------------- solver

@@ -18,6 +18,9 @@ import json
 import random
 import re
 
+from rlft.stats import mean_interval, wilson_interval
+from rlft.tasks import Task, Verdict
+
 TOPICS = [
     "the ocean", "bicycles", "coffee", "the moon", "rain", "libraries", "trees", "music", "bread",
     "mountains", "cats", "trains", "gardens", "winter", "bees", "rivers", "clocks", "maps", "tea",
@@ -90,6 +93,42 @@ def judge(response: str, constraints: list[dict]) -> float:
 
 def make_prompt(topic: str, constraints: list[dict]) -> str:
     return f"Write about {topic}. " + " ".join(instruction(c) for c in constraints)
+
+
+def constraints_of(row: dict) -> list[dict]:
+    """A row's constraints: the JSON string rows store, or the list itself."""
+    cs = row["constraints"]
+    return json.loads(cs) if isinstance(cs, str) else cs
+
+
+class IfCheck(Task):
+    """ifcheck as an rlft task (rlft.tasks): rows {prompt, constraints}; a response's score is the
+    fraction of constraints met, correct when all are. Held-out metrics: `satisfied` (the mean
+    fraction, normal 95% interval) and `all_satisfied` (Wilson 95% interval)."""
+
+    name = "ifcheck"
+    columns = ("constraints",)
+    shown = ("prompt",)
+    instructions = True
+
+    def user_text(self, row: dict) -> str:
+        return row["prompt"]
+
+    def verdict(self, response: str, row: dict) -> Verdict:
+        followed = tuple(check(response, c) for c in constraints_of(row))
+        return Verdict(sum(followed) / len(followed), all(followed), followed)
+
+    def summarize(self, verdicts: list[Verdict]) -> dict:
+        n = len(verdicts)
+        scores = [v.score for v in verdicts]
+        full = sum(v.correct for v in verdicts)
+        return {
+            "satisfied": {"value": sum(scores) / n, "ci95": list(mean_interval(scores)), "n": n},
+            "all_satisfied": {"value": full / n, "ci95": list(wilson_interval(full, n)), "n": n},
+        }
+
+    def describe(self) -> dict:
+        return {"judge": "ifcheck rules"}
 
 
 # --------------------------------------------------------------------------- generation
