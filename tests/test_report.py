@@ -109,3 +109,19 @@ def test_finished_runs_are_reported_and_unfinished_ones_named(tmp_path, run_cli)
     md = (tmp_path / "out" / "results.md").read_text()
     assert md.startswith(f"Not finished (no DONE), left out: {running}\n") and "| rloo_bon |" not in md
     assert "rloo_bon" not in (tmp_path / "out" / "results.csv").read_text()
+
+
+def test_runs_that_share_a_name_are_kept_apart_by_their_path(tmp_path, run_cli):
+    """Two pipelines' sft_bon (different runs_dir) are two rows, named by the path that tells them
+    apart, in either argument order; a run whose name is its own keeps it."""
+    import json
+
+    a = _run_dir(tmp_path / "a" / "sft_bon", "sft_bon", results=json.dumps({"greedy": {"accuracy": m(0.4)}}))
+    b = _run_dir(tmp_path / "b" / "sft_bon", "sft_bon", results=json.dumps({"greedy": {"accuracy": m(0.7)}}))
+    rloo = _run_dir(tmp_path / "a" / "rloo_bon", "rloo_bon")
+    for order in ((a, b, rloo), (b, rloo, a)):
+        code, out, err = run_cli("report", *order, "--out", str(tmp_path / "out"))
+        assert code == 0, err
+        assert "| sft_bon (a/sft_bon) | 0.400 [0.300, 0.500] |" in out
+        assert "| sft_bon (b/sft_bon) | 0.700 [0.600, 0.800] |" in out
+        assert "| rloo_bon | 0.400 [0.300, 0.500] |" in out

@@ -43,6 +43,25 @@ def load_run(run_dir: str) -> dict:
     return {"dir": str(d), "name": name, "stage": stage, "done": done, "results": results, "metrics": metrics}
 
 
+def _qualify(runs: list[dict]) -> list[dict]:
+    """Runs that share a name (two pipelines' sft_bon from different runs_dir) keep their own rows:
+    each is named after the shortest tail of its dir that tells them apart, whatever the order."""
+    by_name: dict[str, list[dict]] = {}
+    for run in runs:
+        by_name.setdefault(run["name"], []).append(run)
+    for name, same in by_name.items():
+        if len(same) < 2:
+            continue
+        parts = [Path(r["dir"]).resolve().parts for r in same]
+        for depth in range(1, max(map(len, parts)) + 1):
+            tails = ["/".join(p[-depth:]) for p in parts]
+            if len(set(tails)) == len(tails):
+                break
+        for run, tail in zip(same, tails):
+            run["name"] = f"{name} ({tail})"
+    return runs
+
+
 def _why(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
@@ -115,6 +134,8 @@ def _best_of_k(metric: str) -> int | None:
     return int(parts[2]) if metric.startswith("best_of_") and metric.endswith("_accuracy") and parts[2].isdigit() else None
 
 
+_GREEDY = ("greedy", "heldout")  # the evals that hold a model's greedy answers to the held-out prompts
+
 # The paper's layout: one row per model, one column per headline number (exact match where both
 # exact match and TinyZero's score exist). Each test picks a table row's (eval, metric).
 HEADLINE = [
@@ -123,6 +144,9 @@ HEADLINE = [
     ("best-of-N", lambda e, m: _best_of_k(m) is not None),
     ("RM pairwise accuracy", lambda e, m: m == "pairwise_accuracy"),
     ("constraints satisfied", lambda e, m: e == "heldout" and m == "satisfied"),
+    ("IFEval prompt-level strict", lambda e, m: e in _GREEDY and m == "prompt_level_strict"),
+    ("IFEval instruction-level strict", lambda e, m: e in _GREEDY and m == "instruction_level_strict"),
+    ("IFBench prompt-level strict (OOD)", lambda e, m: e in _GREEDY and m == "ifbench_prompt_level_strict"),
     ("win-rate vs reference", lambda e, m: m.endswith("win_rate") and not m.startswith("best_of")),
 ]
 
@@ -229,7 +253,7 @@ def report(run_dirs: list[str], out: str, note: str | None = None) -> str:
     nothing is written (an empty table would pass for a report); with some, the finished ones are
     reported and each unfinished dir is named on stderr and in a line above the tables, so a table
     missing a row says so wherever it goes."""
-    loaded = [load_run(d) for d in run_dirs]
+    loaded = _qualify([load_run(d) for d in run_dirs])
     runs = [r for r in loaded if r["done"]]
     unfinished = [r["dir"] for r in loaded if not r["done"]]
     if not runs:
