@@ -98,6 +98,35 @@ def test_a_second_run_stops_at_once_and_overwrite_keeps_the_old_run_until_the_ne
 
 
 @pytest.mark.smoke
+def test_a_plain_rerun_after_a_failed_overwrite_keeps_the_set_aside_run(tmp_path, run_cli, tiny_base):
+    """overwrite=true whose data path is a typo fails after setting the finished run aside; a plain
+    rerun then would finish and delete it unasked: it is refused with the command that restores it.
+    And overwrite=true that would start from a model inside the run dir it sets aside is refused."""
+    run_dir, kept = tmp_path / "run", tmp_path / ".run.previous"
+    code, _, err = run_cli("train", *SFT, "max_steps=2", f"run_dir={run_dir}")
+    assert code == 0, err
+    old_model = _files(run_dir / "model")
+    typo = [a for a in SFT if not a.startswith("data.sft_dataset.n=")] + [
+        "data=countdown_warmstart", f"data.sft_dataset.path={tmp_path}/typo.jsonl"]
+    code, _, err = run_cli("train", *typo, "max_steps=2", "overwrite=true", f"run_dir={run_dir}")
+    assert code == 2 and "typo.jsonl" in _error_line(err) and _files(kept / "model") == old_model
+
+    code, _, err = run_cli("train", *SFT, "max_steps=2", f"run_dir={run_dir}")
+    line = _error_line(err)
+    assert code == 2 and f"kept at {kept.resolve()}" in line and f"mv {kept.resolve()} {run_dir}" in line
+    assert _files(kept / "model") == old_model and not (run_dir / "DONE").exists()
+
+    other = tmp_path / "other"
+    code, _, err = run_cli("train", *SFT, "max_steps=2", f"run_dir={other}")
+    assert code == 0, err
+    before = _files(other)
+    code, _, err = run_cli("train", *SFT, "max_steps=2", f"init_from={other}/model", "overwrite=true",
+                           f"run_dir={other}")
+    assert code == 2 and f"init_from={other}/model is inside run_dir" in _error_line(err)
+    assert {k: v for k, v in _files(other).items() if k != ".rlft.lock"} == {
+        k: v for k, v in before.items() if k != ".rlft.lock"} and not (tmp_path / ".other.previous").exists()
+
+
 def test_disk_full_while_saving_a_checkpoint(tmp_path, run_cli, tiny_base):
     """The run dir is a tmpfs with room for one checkpoint (about 3x the weights: weights and
     AdamW's two moments) but not two: the second save fills it."""

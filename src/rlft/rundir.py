@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
 import subprocess
@@ -255,6 +256,15 @@ def _start(cfg, run_dir: Path) -> Path:
     done = run_dir / "DONE"
     if done.exists() and not cfg.overwrite:
         raise UserError(f"run_dir {str(run_dir)!r} holds a finished run (DONE); pass overwrite=true to replace it")
+    kept = previous_dir(run_dir)
+    if kept.is_dir() and not done.exists() and not (cfg.overwrite or cfg.resume):
+        # a plain run would finish and delete the run an earlier overwrite=true set aside, unasked
+        raise UserError(f"run_dir {str(run_dir)!r} holds an unfinished overwrite=true of the finished run kept at "
+                        f"{kept}; pass overwrite=true again to replace that run (it stays until the new one is DONE) "
+                        f"or restore it with: rm -rf {shlex.quote(str(run_dir))} && mv {shlex.quote(str(kept))} "
+                        f"{shlex.quote(str(run_dir))}")
+    if cfg.overwrite and run_dir.is_dir():
+        _refuse_inputs_inside(cfg, run_dir)
     found = checkpoints(run_dir)
     if found and not (cfg.resume or cfg.overwrite):
         complete = [p for p in found if is_complete_checkpoint(p)]
@@ -288,6 +298,17 @@ def _start(cfg, run_dir: Path) -> Path:
     # TensorBoard's default log dir is timestamped; pin it inside the run dir.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     return run_dir
+
+
+def _refuse_inputs_inside(cfg, run_dir: Path) -> None:
+    """overwrite=true sets run_dir aside before the stage loads anything: a model the run reads from
+    inside it (init_from=<run_dir>/model) would be gone by then."""
+    real = Path(run_dir).resolve()
+    for key in ("init_from", "reference", "reward.path"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and value and Path(value).expanduser().resolve().is_relative_to(real):
+            raise UserError(f"{key}={value} is inside run_dir {str(run_dir)!r}, which overwrite=true sets aside "
+                            "before the run starts; copy the model out of it first, or choose another run_dir")
 
 
 def resume_checkpoint(cfg) -> str | None:
