@@ -1,6 +1,7 @@
 # rlft — every target creates .venv and installs on first use (make setup is idempotent).
 #   make demo        the tiny Countdown pipeline on CPU (offline): table + plots in runs/tiny_math/report
 #   make tiny-if     SFT -> reward models -> DPO, RLOO on the offline instruction task (CPU)
+#   make real-if     the instruction-following chain on real SmolLM2-135M + MiniLM-L6, IFEval's checkers (CPU)
 #   make test        unit + smoke tests (offline, CPU)       make test-slow   the long checks
 #   make test-gpu    on a CUDA box: Triton compiled for real, sampler and shared prompts on the GPU
 #   make bench       verifier throughput; batched best-of-N sampling vs one at a time; the RLOO kernels
@@ -17,7 +18,7 @@ RUNS ?= runs
 # Everything here runs offline on CPU; TRITON_INTERPRET must be set before triton is imported.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=1
 
-.PHONY: setup demo tiny-math tiny-if paper-math paper-if rehearsal test test-slow test-gpu bench clean
+.PHONY: setup demo tiny-math tiny-if real-if paper-math paper-if rehearsal test test-slow test-gpu bench clean
 
 setup: $(STAMP)
 
@@ -42,6 +43,13 @@ tiny-math: setup
 # prompts and the win-rates of DPO and RLOO against their SFT start. Run dirs in RUNS.
 tiny-if: setup
 	$(OFFLINE) $(BIN)/rlft pipeline experiment=tiny_if runs_dir=$(RUNS)
+
+# make real-if: the paper's instruction-following chain on real weights, offline (experiment=real_if):
+# rejection-sampled SFT data from SmolLM2-135M-Instruct, SFT, on-policy pairs, MiniLM-L6 reward
+# models (Bradley-Terry, Siamese), DPO (full, LoRA), RLOO with the reward model and with IFEval's
+# checkers, best-of-16 by the checkers and by the reward model; report in $(RUNS)/real_if/report.
+real-if: setup
+	$(OFFLINE) $(BIN)/rlft pipeline experiment=real_if runs_dir=$(RUNS)
 
 # The paper's tables on a GPU box with the hub (Qwen2.5-0.5B Base): experiment=paper_math and
 # paper_if, one step per table cell, each skipped when its run dir is DONE; run dirs in RUNS, where
@@ -138,6 +146,7 @@ bench: setup
 	$(BIN)/python tests/tasks/fuzz_inputs.py
 	$(OFFLINE) $(BIN)/python scripts/bench_bon.py
 	$(OFFLINE) $(BIN)/python scripts/bench_rloo.py
+	$(OFFLINE) $(BIN)/python scripts/bench_rloo.py --part 2 --model smollm2 --steps 2 --rounds 2
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

@@ -4,6 +4,7 @@
     python scripts/bench_rloo.py --part 1 --tokens 512 4096
     python scripts/bench_rloo.py --part 2 --steps 8
     python scripts/bench_rloo.py --part 2 --model qwen --layers 2 --steps 2 --rounds 2   # real width and vocabulary
+    python scripts/bench_rloo.py --part 2 --model smollm2 --steps 2 --rounds 2          # a real model (make bench)
 
 Part 1: per-token log-probs of N sampled tokens from hidden states (N, 896) and Qwen2.5's lm_head
 (151,936 x 896), forward + backward (the policy's loss pass) and forward only (the old and
@@ -25,7 +26,8 @@ Rounds alternate which trainer runs first; the median ratio is the figure. Each 
 process, so its peak memory (RSS on CPU, allocated on CUDA) is its own. `--model qwen` runs the
 same comparison on Qwen2.5-0.5B's architecture (hidden 896, vocabulary 151,936, the real tokenizer;
 depth --layers, random weights; 16 completions x 24 tokens a step): where the 151,936-wide head
-dominates, as it does for the paper's model.
+dominates, as it does for the paper's model. `--model smollm2` runs it on a real pretrained model,
+SmolLM2-135M-Instruct (30 layers, vocabulary 49,152; model=smollm2_135m), at the same 16 x 24.
 On a CUDA box the same script runs the Triton kernels for real.
 """
 
@@ -139,6 +141,10 @@ def _policy(model: str, layers: int):
     if model == "tiny":
         cfg = compose(["experiment=tiny_math_rloo"])  # 32 prompts x k=4 = 128 completions x 48 tokens
         return build(cfg.model.build), cfg
+    if model == "smollm2":  # real weights: SmolLM2-135M-Instruct (make setup installs them), 16 x 24 as for qwen
+        cfg = compose(["experiment=tiny_math_rloo", "model=smollm2_135m", "data.template=tinyzero",
+                       "stage.trainer.per_device_train_batch_size=16", "stage.trainer.max_completion_length=24"])
+        return build(cfg.model.build), cfg
     from rlft.rehearsal.models import write_qwen
 
     folder = Path(os.environ.get("RLFT_CACHE_DIR", "~/.cache/rlft")).expanduser() / f"bench-qwen2.5-0.5b-{layers}l"
@@ -202,7 +208,8 @@ def part2(steps: int, rounds: int, model: str, layers: int) -> None:
             ratios.append(seen["rlft"][-1]["tokens_per_s"] / seen["trl"][-1]["tokens_per_s"])
         if not header:
             one = seen["rlft"][0]
-            shape = "make demo's tiny model" if model == "tiny" else f"Qwen2.5-0.5B's width and vocabulary, {layers} layers"
+            shape = {"tiny": "make demo's tiny model", "smollm2": "SmolLM2-135M-Instruct (real weights, 30 layers)"}.get(
+                model, f"Qwen2.5-0.5B's width and vocabulary, {layers} layers")
             print(f"\n== part 2: RLOO steps, {shape} ({one['path']}): {one['batch']} completions x {one['length']} "
                   f"tokens per step; {steps} timed steps after 1 warm-up, {rounds} rounds (trl and rlft alternate; "
                   f"each run its own process), threads={one['threads']}")
@@ -230,8 +237,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--model", default="tiny", choices=("tiny", "qwen"),
-                        help="part 2's policy: make demo's tiny model, or Qwen2.5-0.5B's width and vocabulary")
+    parser.add_argument("--model", default="tiny", choices=("tiny", "qwen", "smollm2"),
+                        help="part 2's policy: make demo's tiny model, Qwen2.5-0.5B's width and vocabulary, or "
+                             "real SmolLM2-135M-Instruct weights")
     parser.add_argument("--layers", type=int, default=2, help="--model qwen: depth (the published model has 24)")
     args = parser.parse_args()
     if args.part in (None, 1):

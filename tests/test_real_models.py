@@ -150,3 +150,19 @@ def test_reward_model_sees_the_same_tokens_in_training_and_as_the_rloo_reward(mi
     rewards = reward(prompts=[prompt], completions=[[{"role": "assistant", "content": completion}]])
     assert len(rewards) == 1 and torch.isfinite(torch.tensor(rewards)).all()
     assert seen[0][0].tolist() == trained_ids
+
+
+def test_ifeval_judges_smollm2s_own_answers_through_the_task_contract(smollm2):
+    """SmolLM2 answers held-out IFEval prompts; every verdict in results.json is IFEval's checker on
+    the decoded response as it stands (no <|im_end|> left in it, trailing whitespace kept, as
+    IFEval's strict check sees it), and the metrics are IFEval's two strict accuracies."""
+    from rlft.tasks import ifeval
+
+    _, tokenizer, model = smollm2
+    rows = ifeval.heldout_rows(200, 1000003)[:6]
+    out = evaluate.heldout(model, tokenizer, rows, ifeval.IfEval(), max_new_tokens=32, batch_size=6)
+    assert out["prompt_level_strict"]["n"] == 6 and out["instruction_level_strict"]["n"] == sum(
+        len(r["instruction_id_list"]) for r in rows)
+    for row, sample, score in zip(rows, out["samples"], out["scores"]):
+        assert "<|im_end|>" not in sample["response"] and sample["prompt"] == row["prompt"]
+        assert score == ifeval.score(sample["response"], row)

@@ -283,3 +283,28 @@ print("ok", len(rows), dropped)
                          check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "ok 265 29"
+
+
+# --------------------------------------------------------------------------- the task (rlft.tasks)
+
+def test_the_task_judges_through_the_contract_for_heldout_and_on_policy_rows():
+    """IfEval's verdict is check()'s, whether the row is a held-out one (its `prompt` the text) or
+    an on-policy one (its `prompt` the chat, the text in `prompt_text`, kwargs as JSON)."""
+    from rlft.data import ifeval_prompt_dataset
+
+    task = ifeval.IfEval()
+    row = {"key": "k", "prompt": "Write about tea. Your entire response should be in English, and in all lowercase "
+           "letters. No capital letters are allowed.", "instruction_id_list": ["change_case:english_lowercase"],
+           "kwargs": [{}]}
+    v = task.verdict("tea is warm and calm.", row)
+    assert (v.score, v.correct, v.followed) == (1.0, True, (True,))
+    assert task.verdict("Tea is warm.", row).correct is False
+    on_policy = ifeval_prompt_dataset(8, seed=0).to_list()
+    heldout_texts = {r["prompt"] for r in ifeval.heldout_rows(200, 1000003)}
+    for r in on_policy:
+        assert task.user_text(r) == r["prompt_text"] and r["prompt_text"] not in heldout_texts
+        plain = {"prompt": r["prompt_text"], "instruction_id_list": r["instruction_id_list"],
+                 "kwargs": json.loads(r["kwargs"])}
+        assert task.verdict("some answer.", r).followed == tuple(ifeval.check("some answer.", plain))
+    summary = task.summarize([task.verdict("tea is warm.", row), task.verdict("Tea.", row)])
+    assert summary["prompt_level_strict"]["value"] == 0.5 and summary["instruction_level_strict"]["n"] == 2

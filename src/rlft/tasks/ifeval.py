@@ -41,6 +41,9 @@ import string
 import threading
 from pathlib import Path
 
+from rlft.stats import wilson_interval
+from rlft.tasks import Task, Verdict
+
 # --------------------------------------------------------------------------- generated prompts
 
 TASKS = [
@@ -313,8 +316,6 @@ def summarize(followed: list[list[bool]]) -> dict:
     prompts), and instruction_level_strict, followed instructions over all instructions pooled
     across prompts (Wilson 95% over the pooled count, which treats instructions as independent
     and so is somewhat narrow where one prompt's instructions succeed or fail together)."""
-    from rlft.metrics import wilson_interval  # rlft.metrics imports transformers: keep module import fast
-
     if any(len(f) == 0 for f in followed):
         raise ValueError("every prompt needs at least one instruction verdict")
     n_prompts = len(followed)
@@ -439,3 +440,45 @@ def _load(family: str):
         # langdetect draws at random unless seeded; the seed is process-wide (langdetect has no other)
         langdetect.DetectorFactory.seed = 0
     return registry
+
+
+# --------------------------------------------------------------------------- the task (rlft.tasks)
+
+class IfEval(Task):
+    """IFEval as an rlft task (rlft.tasks): rows in IFEval's format; a response's score is the
+    fraction of instructions followed (strict), correct when all are. Held-out metrics are IFEval's:
+    prompt_level_strict and instruction_level_strict. With `ifbench` the held-out evaluation also
+    answers IFBench's real test prompts (those whose checkers run offline: ifbench_rows), reported
+    beside them as ifbench_* with the count checked and dropped (out of distribution: no threshold)."""
+
+    name = "ifeval"
+    columns = ("instruction_id_list", "kwargs", "prompt_text")
+    shown = ("key", "prompt")
+    instructions = True
+
+    def __init__(self, ifbench: bool = False):
+        self.ifbench = ifbench
+
+    def user_text(self, row: dict) -> str:
+        return _prompt_text(row)
+
+    def verdict(self, response: str, row: dict) -> Verdict:
+        followed = tuple(check(response, {**row, "prompt": _prompt_text(row)}))
+        return Verdict(sum(followed) / len(followed), all(followed), followed)
+
+    def summarize(self, verdicts: list[Verdict]) -> dict:
+        return summarize([list(v.followed) for v in verdicts])
+
+    def describe(self) -> dict:
+        return {"judge": "IFEval checkers (if-verifiable 0.1.2), strict"}
+
+    def extra_heldout(self) -> dict[str, tuple[list[dict], int]]:
+        return {"ifbench": ifbench_rows()} if self.ifbench else {}
+
+
+def _prompt_text(row: dict) -> str:
+    """The prompt's own text: `prompt_text` in on-policy datasets (whose `prompt` is the chat), else `prompt`."""
+    text = row.get("prompt_text", row.get("prompt"))
+    if isinstance(text, list):  # a conversational prompt: its last user turn
+        text = next((m["content"] for m in reversed(text) if m.get("role") == "user"), "")
+    return str(text)
