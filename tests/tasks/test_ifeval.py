@@ -308,3 +308,25 @@ def test_the_task_judges_through_the_contract_for_heldout_and_on_policy_rows():
         assert task.verdict("some answer.", r).followed == tuple(ifeval.check("some answer.", plain))
     summary = task.summarize([task.verdict("tea is warm.", row), task.verdict("Tea.", row)])
     assert summary["prompt_level_strict"]["value"] == 0.5 and summary["instruction_level_strict"]["n"] == 2
+
+
+def test_heldout_evaluation_reports_ifbench_beside_ifeval_when_asked():
+    """data.task.ifbench=true: the same greedy evaluation also answers IFBench's checkable prompts,
+    reported as ifbench_* with how many rows were checked and dropped (the 294 all accounted for)."""
+    from rlft import evaluate
+
+    class Policy:  # stands in for a model (evaluate.generate calls generate_texts, as for vLLM)
+        def generate_texts(self, prompts, max_new_tokens, do_sample, temperature, n, top_p=1.0, rep=1.0):
+            return ["a plain answer."] * (len(prompts) * n)
+
+    class Tokenizer:
+        def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+            return messages[-1]["content"]
+
+    rows = ifeval.heldout_rows(20, 1000003)
+    plain = evaluate.heldout(Policy(), Tokenizer(), rows, ifeval.IfEval())
+    assert not any(k.startswith("ifbench") for k in plain)
+    out = evaluate.heldout(Policy(), Tokenizer(), rows, ifeval.IfEval(ifbench=True))
+    assert out["ifbench_rows_checked"] + out["ifbench_rows_dropped"] == 294
+    assert out["ifbench_prompt_level_strict"]["n"] == out["ifbench_rows_checked"] >= 250
+    assert out["prompt_level_strict"] == plain["prompt_level_strict"]
