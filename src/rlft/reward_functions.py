@@ -24,6 +24,7 @@ from accelerate import PartialState
 
 from rlft import reward_models
 from rlft.config import build
+from rlft.errors import UserError
 from rlft.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -65,32 +66,44 @@ def reward_model_reward(path: str, fmt: str = "chat", max_length: int = 1024, ba
     return reward_model
 
 
-def guarded(name: str, fn):
-    """`fn` that never crashes a run: exceptions, non-finite values and wrong counts become None
-    (unscorable), counted in the metrics as unscorable/<name>."""
+def guarded(name: str, fn, patience: int | None = None):
+    """`fn` that never crashes a run on a bad batch: exceptions, non-finite values and wrong counts
+    become None (unscorable), counted in the metrics as unscorable/<name>. A reward that scores
+    nothing at all, though, would train to DONE on zeros: with `patience`, `patience` batches in a
+    row without one scorable sample stop the run with one line naming the reward and what it gave."""
+    empty = 0  # batches in a row without a scorable sample
 
     def call(prompts, completions, **kwargs):
+        nonlocal empty
         n = len(completions)
+        why = None
         try:
             values = list(fn(prompts, completions, **kwargs))
             if len(values) != n:
                 raise ValueError(f"returned {len(values)} rewards for {n} completions")
         except Exception as e:  # a reward function must not end a long run: the batch goes unscored instead
             logger.warning("reward %s failed on a batch of %d: %s: %s", name, n, type(e).__name__, e)
-            values = [None] * n
+            values, why = [None] * n, f"{type(e).__name__}: {e}"
         out = [float(v) if v is not None and math.isfinite(float(v)) else None for v in values]
         if "log_metric" in kwargs:
             kwargs["log_metric"](f"unscorable/{name}", sum(v is None for v in out))
+        empty = empty + 1 if n and all(v is None for v in out) else 0
+        if patience and empty >= patience:
+            shown = why or f"{sorted({str(v) for v in values})[:3]} for all {n} samples"
+            raise UserError(f"reward {name} scored no sample in {empty} batches in a row (last: {shown}); "
+                            "nothing would be learned: check the reward and the prompt dataset's columns "
+                            f"(stage.unscorable_patience={patience} sets how many batches)")
         return out
 
     call.__name__ = name  # TRL names the reward's metrics after the callable
     return call
 
 
-def from_config(reward_cfg) -> tuple[list[str], list, list[float]]:
-    """The `reward` group's functions, each guarded, and their weights, in config order."""
+def from_config(reward_cfg, patience: int | None = None) -> tuple[list[str], list, list[float]]:
+    """The `reward` group's functions, each guarded (with `patience`, see guarded), and their weights,
+    in config order."""
     names = list(reward_cfg.funcs)
-    return (names, [guarded(name, build(reward_cfg.funcs[name])) for name in names],
+    return (names, [guarded(name, build(reward_cfg.funcs[name]), patience) for name in names],
             [float(reward_cfg.weights[name]) for name in names])
 
 

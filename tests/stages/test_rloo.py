@@ -82,3 +82,18 @@ def test_rloo_errors_name_the_problem(tmp_path, run_cli, tiny_base):
                            f"init_from={tiny_base}", f"run_dir={tmp_path / 'c'}", "data.prompt_dataset.n=8")
     assert code == 2 and str(tmp_path / "nope") in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_reward_that_never_scores_stops_the_run_in_one_line(tmp_path, run_cli, tiny_base):
+    """reward=countdown on ifcheck prompts (no nums, no target): every batch unscorable. Guarded, the
+    run would train to DONE on zeros; after stage.unscorable_patience batches it stops, naming the
+    reward and why, and writes no model and no DONE."""
+    run_dir = tmp_path / "never"
+    code, _, err = run_cli("train", "stage=rloo", "model=tiny", "data=ifcheck", "reward=countdown",
+                           f"init_from={tiny_base}", f"run_dir={run_dir}", "data.prompt_dataset.n=64",
+                           "stage.unscorable_patience=2", *[a for a in FAST if a != "max_steps=2"], "max_steps=4")
+    lines = [line for line in err.splitlines() if line.startswith("rlft: error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert "reward countdown scored no sample in 2 batches in a row" in lines[0]
+    assert "no nums, target column for the countdown task" in lines[0]
+    assert not (run_dir / "DONE").exists() and not (run_dir / "model").exists()

@@ -32,7 +32,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     heldout = build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None
 
     # 2. rewards, each guarded, weighted in config order (a bad reward-model path fails here, early too)
-    names, reward_funcs, weights = reward_functions.from_config(cfg.reward)
+    names, reward_funcs, weights = reward_functions.from_config(cfg.reward, cfg.stage.unscorable_patience)
 
     # 3. policy (the reference is the same weights: TRL loads it, or disables the adapter with peft)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
