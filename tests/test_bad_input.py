@@ -145,6 +145,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, run_
     assert not (run_dir / "DONE").exists() and not (run_dir / "model").exists()
 
 
+    # resume=true continues the checkpoint's own optimizer and schedule: another config is refused,
+    # naming the keys, before config.yaml (the run's record) is touched
+    saved = (run_dir / "config.yaml").read_text()
+    base = ["experiment=tiny_math_sft", f"run_dir={run_dir}", "max_steps=8", "data.sft_dataset.n=512",
+            "stage.trainer.per_device_train_batch_size=8", "stage.trainer.warmup_steps=0",
+            "stage.trainer.logging_steps=1", "stage.trainer.save_steps=1", "report_to=[]", "resume=true"]
+    code, _, err = run_cli("train", *base, "stage.trainer.learning_rate=1e-3")
+    line = error_line(err)
+    assert code == 2 and "another config" in line and "stage.trainer.learning_rate (1000000000.0 -> 0.001)" in line
+    code, _, err = run_cli("train", "stage=dpo", "data=ifcheck", f"run_dir={run_dir}", "resume=true")
+    assert code == 2 and "stage.name ('sft' -> 'dpo')" in error_line(err)
+    assert (run_dir / "config.yaml").read_text() == saved
+
+
 def test_non_finite_weights_are_never_saved_and_the_run_they_would_replace_is_kept(tmp_path, run_cli):
     """The loss guard reads only logging steps: a run that diverges between logs (here before its
     first) must still not save NaN weights as a DONE model, nor replace a finished run."""

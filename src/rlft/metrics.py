@@ -17,7 +17,7 @@ class MetricsLogger(TrainerCallback):
 
     The check runs at every log (logging_steps); the Trainer saves a step's checkpoint after its
     log, so no checkpoint is written after a non-finite log: the newest one is the last good state,
-    kept for resume=true (with a lower learning rate). Every rank stops, not only rank 0.
+    kept. Every rank stops, not only rank 0.
     """
 
     def __init__(self, run_dir: str):
@@ -42,4 +42,5 @@ class MetricsLogger(TrainerCallback):
             last = f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint was saved yet"
             what = ", ".join(f"{k}={v}" for k, v in bad.items())
             raise UserError(f"non-finite {what} at step {state.global_step}: training stopped ({last}); "
-                            "lower stage.trainer.learning_rate and resume with resume=true")
+                            "lower stage.trainer.learning_rate and start over with overwrite=true (resume=true "
+                            "continues the checkpoint's own learning-rate schedule)")

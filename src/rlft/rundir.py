@@ -37,6 +37,7 @@ import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 from rlft.errors import UserError
@@ -256,13 +257,6 @@ def _start(cfg, run_dir: Path) -> Path:
     done = run_dir / "DONE"
     if done.exists() and not cfg.overwrite:
         raise UserError(f"run_dir {str(run_dir)!r} holds a finished run (DONE); pass overwrite=true to replace it")
-    kept = previous_dir(run_dir)
-    if kept.is_dir() and not done.exists() and not (cfg.overwrite or cfg.resume):
-        # a plain run would finish and delete the run an earlier overwrite=true set aside, unasked
-        raise UserError(f"run_dir {str(run_dir)!r} holds an unfinished overwrite=true of the finished run kept at "
-                        f"{kept}; pass overwrite=true again to replace that run (it stays until the new one is DONE) "
-                        f"or restore it with: rm -rf {shlex.quote(str(run_dir))} && mv {shlex.quote(str(kept))} "
-                        f"{shlex.quote(str(run_dir))}")
     if cfg.overwrite and run_dir.is_dir():
         _refuse_inputs_inside(cfg, run_dir)
     found = checkpoints(run_dir)
@@ -275,6 +269,15 @@ def _start(cfg, run_dir: Path) -> Path:
             "pass resume=true to continue it or overwrite=true to start over"
             + (f" (the finished run it replaces is kept at {kept} until then)" if kept.is_dir() else "")
         )
+    kept = previous_dir(run_dir)  # with no checkpoint to resume (those are handled above)
+    if kept.is_dir() and not done.exists() and not (cfg.overwrite or cfg.resume):
+        # a plain run would finish and delete the run an earlier overwrite=true set aside, unasked
+        raise UserError(f"run_dir {str(run_dir)!r} holds an unfinished overwrite=true of the finished run kept at "
+                        f"{kept}; pass overwrite=true again to replace that run (it stays until the new one is DONE) "
+                        f"or restore it with: rm -rf {shlex.quote(str(run_dir))} && mv {shlex.quote(str(kept))} "
+                        f"{shlex.quote(str(run_dir))}")
+    if cfg.resume and not cfg.overwrite:
+        _refuse_another_config(cfg, run_dir)
     resume_from, dropped = _plan_resume(run_dir) if cfg.resume and not cfg.overwrite else (None, [])
     _resume[_key(run_dir)] = str(resume_from) if resume_from else None  # every rank: read-only, same answer
     if not is_main_process():
@@ -298,6 +301,47 @@ def _start(cfg, run_dir: Path) -> Path:
     # TensorBoard's default log dir is timestamped; pin it inside the run dir.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     return run_dir
+
+
+RESUME_MAY_CHANGE = {"resume", "overwrite", "report_to"}  # top-level keys a resumed run may set anew
+
+
+def _refuse_another_config(cfg, run_dir: Path) -> None:
+    """resume=true continues the run config.yaml describes: the checkpoint's optimizer, scheduler and
+    step count belong to it. Another config (a new learning rate, another stage, another model
+    shape) would be written over config.yaml and the card while the restored state kept the old
+    one, so it is refused, naming the keys, before anything is written."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or not checkpoints(run_dir):
+        return
+    try:
+        old = yaml.safe_load(saved.read_text())
+    except (OSError, yaml.YAMLError):
+        return  # unreadable: the checkpoint's own checks decide
+    new = OmegaConf.to_container(cfg, resolve=True)
+    changed = [k for k in _changed_keys(old, new) if k.split(".")[0] not in RESUME_MAY_CHANGE]
+    changed.sort(key=lambda k: k not in ("stage.name", "model.name", "data.name"))  # what the run is, first
+    if changed:
+        shown = ", ".join(f"{k} ({_at(old, k)!r} -> {_at(new, k)!r})" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise UserError(f"resume=true in {str(run_dir)!r} with another config than the run it continues: "
+                        f"{shown}{more}; resume with the run's own settings, or start over with overwrite=true")
+
+
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new), key=str)
+                for k in _changed_keys(old.get(key, _MISSING), new.get(key, _MISSING), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+_MISSING = object()
+
+
+def _at(d, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part, _MISSING) if isinstance(d, dict) else _MISSING
+    return "(unset)" if d is _MISSING else d
 
 
 def _refuse_inputs_inside(cfg, run_dir: Path) -> None:
