@@ -61,8 +61,9 @@ def main(cfg) -> tuple[dict | None, dict]:
     if policy is not None and heldout:
         evaluate = build(cfg.data.evaluate)
         ours = evaluate(policy, tokenizer, heldout)
-        ref = evaluate(ref_model if ref_model is not None else models.load_causal_lm(path, cfg.model.frozen_dtype),
-                       tokenizer, heldout)
+        # the reference DPOTrainer prepared (already on the device), or with peft a fresh copy of the start
+        ref = evaluate(models.on_accelerator(ref_model) if ref_model is not None
+                       else models.load_frozen_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
         results = {"heldout": ours, "reference": ref, "vs_reference": win_rate(ours["scores"], ref["scores"])}
     card = {
         "base_model": path,

@@ -75,7 +75,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         evaluate = build(cfg.data.evaluate)
         results = {"heldout": evaluate(policy, tokenizer, heldout)}
         if cfg.data.get("task") and build(cfg.data.task).instructions:
-            ref = evaluate(models.load_causal_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
+            ref = evaluate(models.load_frozen_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
             results |= {"reference": ref, "vs_reference": win_rate(results["heldout"]["scores"], ref["scores"])}
     card = {
         "base_model": path,

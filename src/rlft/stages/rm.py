@@ -36,7 +36,8 @@ def main(cfg) -> tuple[dict | None, dict]:
     if not cfg.stage.train:  # off the shelf (the paper's DeBERTa): held-out pairwise accuracy, no model/
         if heldout is None:
             raise UserError(f"stage.train=false evaluates only: data={cfg.data.name} has no preference_heldout")
-        return ({"heldout": reward_models.pairwise_accuracy(model, tokenizer, heldout, rm.format, rm.max_length)},
+        return ({"heldout": reward_models.pairwise_accuracy(models.on_accelerator(model), tokenizer, heldout,
+                                                            rm.format, rm.max_length)},
                 {"base_model": path, "variant": "off the shelf (not trained)"})
 
     # 3. encode through the scoring contract, then the variant's trainer (rm_loss.trainer)
