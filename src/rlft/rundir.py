@@ -38,6 +38,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from rlft import config
 from rlft.errors import UserError
 
 PACKAGES = [
@@ -485,6 +486,7 @@ def environment(cfg) -> dict:
             versions[name] = None
     return {
         "seed": cfg.seed,
+        "world_size": config.world_size(),  # processes training together, all nodes (config.spread_batch)
         "argv": sys.argv,
         "python": sys.version.split()[0],
         "platform": platform.platform(),

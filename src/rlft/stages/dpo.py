@@ -19,7 +19,7 @@ from rlft.config import build
 from rlft.data import count_over_length
 from rlft.metrics import MetricsLogger
 from rlft.stats import win_rate
-from rlft.train import fit
+from rlft.train import batch_facts, fit
 
 
 def main(cfg) -> tuple[dict | None, dict]:
@@ -72,7 +72,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         "steps": trainer.state.global_step,
         "beta": args.beta,
         "learning_rate": args.learning_rate,
-        "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
+        **batch_facts(args),  # per device x accumulation x processes, and the world size
         "max_length": args.max_length,
         "pairs_over_max_length": f"{over_length} (truncated by TRL, truncation_mode={args.truncation_mode})",
     }

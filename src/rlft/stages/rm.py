@@ -19,7 +19,7 @@ from rlft import models, reward_models
 from rlft.config import build
 from rlft.errors import UserError
 from rlft.metrics import MetricsLogger
-from rlft.train import fit
+from rlft.train import batch_facts, fit
 
 
 def main(cfg) -> tuple[dict | None, dict]:
@@ -69,6 +69,6 @@ def main(cfg) -> tuple[dict | None, dict]:
         "train_pairs": len(train_dataset),
         "steps": trainer.state.global_step,
         "learning_rate": args.learning_rate,
-        "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
+        **batch_facts(args),  # per device x accumulation x processes, and the world size
     }
     return results, card
