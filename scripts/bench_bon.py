@@ -26,7 +26,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     path = args.model_dir or build(compose(["model=tiny"]).model.build)
-    tokenizer, model = models.load_tokenizer(path), models.load_causal_lm(path)
+    tokenizer, model = models.load_tokenizer(path), models.load_frozen_lm(path)  # on the accelerator, as stage=bon
     problems = countdown.generate_problems(args.prompts, seed=0, num_counts=(3,), min_num=1, max_num=20)
     prompts = evaluate.chat_prompts(tokenizer, [countdown.make_prompt(p["nums"], p["target"], "compact") for p in problems])
     # min_new_tokens = max_new_tokens: both paths generate exactly the same number of tokens

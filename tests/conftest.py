@@ -79,3 +79,61 @@ def countdown_sft(tmp_path_factory, tiny_base) -> str:
                  "stage.trainer.logging_steps=30", "report_to=[]"])
     assert code == 0
     return str(run_dir / "model")
+
+
+def record_model_uses(monkeypatch, device=None) -> list[tuple[str, str, bool]]:
+    """Every model a stage samples from or scores with, seen where it is used (evaluate.generate and
+    reward_models.score, which every sampling and scoring path goes through): a list of
+    (what: generate's desc or "reward_models.score", the device its weights sit on, whether
+    models.on_accelerator put it there).
+
+    With `device` (a CPU test: torch.device("meta"), distinct from the CPU every model loads to),
+    models.accelerator_device, the one function placement asks, returns it; on_accelerator keeps a
+    CPU copy of each model's weights before moving them, and each use runs on them (the same model
+    object, its weights back on the CPU for the call, then on `device` again), so the stage runs to
+    the end with real outputs. Without `device` (the GPU tier) nothing is replaced."""
+    from itertools import chain
+
+    import torch
+
+    from rlft import evaluate, models, reward_models
+
+    placed, uses = {}, []  # id(placed model) -> (model, {name: CPU copy of its weights and buffers} or None)
+    real_place = models.on_accelerator
+
+    def tensors(model):  # every name: moving to meta unties tied weights (a real device keeps them tied)
+        return chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False))
+
+    def place(model):
+        if id(model) in placed:  # placed again (a reference the trainer prepared): keep the first copy
+            return real_place(model)
+        weights = ({name: t.detach().clone() for name, t in tensors(model)}
+                   if device is not None and isinstance(model, torch.nn.Module) else None)
+        out = real_place(model)
+        placed[id(out)] = (out, weights)
+        return out
+
+    def seen(where, fn):
+        def use(model, *args, **kwargs):
+            at = next(model.parameters()).device
+            model_, weights = placed.get(id(model), (None, None))
+            uses.append((kwargs.get("desc", where), at.type, model_ is model))
+            if weights is None or at != device:
+                return fn(model, *args, **kwargs)
+            model.to_empty(device="cpu")
+            with torch.no_grad():
+                for name, t in tensors(model):
+                    t.copy_(weights[name])
+            try:
+                return fn(model, *args, **kwargs)
+            finally:
+                model.to(device)
+
+        return use
+
+    monkeypatch.setattr(models, "on_accelerator", place)
+    monkeypatch.setattr(evaluate, "generate", seen("evaluate.generate", evaluate.generate))
+    monkeypatch.setattr(reward_models, "score", seen("reward_models.score", reward_models.score))
+    if device is not None:
+        monkeypatch.setattr(models, "accelerator_device", lambda: device)
+    return uses

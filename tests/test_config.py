@@ -1,5 +1,7 @@
 """Every shipped config composes and validates exactly as `rlft train` does, offline."""
 
+import json
+
 import pytest
 import yaml
 from conftest import REPO
@@ -220,3 +222,97 @@ def test_every_paper_cell_fits_one_24gb_gpu(name):
     spec.loader.exec_module(plan)
     peak, what = plan.step_peak_gib(config.compose([f"experiment={name}"]))
     assert peak <= plan.BUDGET_GIB, (peak, what)
+
+
+# ---------------------------------------------------------------- the batch on any number of processes
+
+TINY_SFT = ["stage=sft", "model=tiny", "data=countdown_tiny", "data.sft_dataset.n=16", "max_steps=1",
+            "stage.trainer.per_device_train_batch_size=1", "stage.trainer.gradient_accumulation_steps=8",
+            "stage.trainer.warmup_steps=0", "data.evaluate=null", "report_to=[]"]
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("world,per_process", [(1, 8), (2, 4), (3, None)])
+def test_accumulation_is_the_single_process_recipes_divided_by_the_world_size(tmp_path, run_cli, monkeypatch,
+                                                                              world, per_process):
+    """stage.trainer.gradient_accumulation_steps=8 is the single-process recipe's: with 2 processes
+    each accumulates 4 (2 x 1 x 4 = the same 8 sequences a step); 3 do not divide 8, refused in one
+    line naming both keys and an equal split, before the run dir exists. (The world size is the
+    test's; the run itself is one process, which trains what each rank would.)"""
+
+    monkeypatch.setattr(config, "world_size", lambda: world)
+    run_dir = tmp_path / "sft"
+    code, out, err = run_cli("train", *TINY_SFT, f"run_dir={run_dir}")
+    if per_process is None:
+        assert code == 2 and not run_dir.exists()
+        line = err.strip().splitlines()[-1]
+        assert "stage.trainer.gradient_accumulation_steps=8 with 3 processes" in line
+        assert "per_device_train_batch_size 1 x accumulation 8 = 8 a step" in line
+        assert "8 sequences a step cannot be split evenly over 3 processes" in line
+        return
+    assert code == 0, err
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())["stage"]["trainer"]
+    assert saved["gradient_accumulation_steps"] == per_process  # what TRL ran
+    assert json.loads((run_dir / "env.json").read_text())["world_size"] == world
+    assert ("rlft: 2 processes: stage.trainer.gradient_accumulation_steps 8 -> 4 per process" in out) == (world == 2)
+    card = (run_dir / "model" / "README.md").read_text()
+    assert f"batch: 1 per device x {per_process} accumulation x 1 process = {per_process} per optimizer step" in card
+
+
+@pytest.mark.parametrize("world,overrides,expected", [
+    (8, ["stage=sft"], "set stage.trainer.per_device_train_batch_size=2 stage.trainer.gradient_accumulation_steps=8 "
+                       "(the same 16 a step)"),  # SFT's 16 x 1 on 8 GPUs
+    (8, ["stage=rm"], "set stage.trainer.per_device_train_batch_size=2 +stage.trainer.gradient_accumulation_steps=8"),
+    (8, ["experiment=paper_math_sft"], "per_device_train_batch_size=2 stage.trainer.gradient_accumulation_steps=8"),
+    (4, ["stage=sft", "stage.trainer.per_device_train_batch_size=3", "stage.trainer.gradient_accumulation_steps=2"],
+     "6 sequences a step cannot be split evenly over 4 processes"),
+])
+def test_an_accumulation_the_world_size_does_not_divide_names_an_equal_split(monkeypatch, world, overrides, expected):
+    """The line names both keys and a split with the same batch a step (the preset's key spelling:
+    stage=rm leaves the accumulation to TRL's default, so it needs +)."""
+    monkeypatch.setattr(config, "world_size", lambda: world)
+    cfg = config.compose(overrides)
+    with pytest.raises(UserError, match="rlft keeps the single-process batch") as e:
+        config.per_process_accumulation(cfg)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_paper_recipes_batches_split_over_two_and_eight_processes_where_they_divide(monkeypatch):
+    """DPO (2 x 8) and RLOO (4 x 8) keep their per-device batch on 2 and 8 processes; an evaluation
+    stage and stage=rm stage.train=false train nothing and are never refused."""
+    for world in (2, 8):
+        monkeypatch.setattr(config, "world_size", lambda: world)
+        assert config.per_process_accumulation(config.compose(["experiment=paper_if_dpo"])) == (8 // world, world)
+        assert config.per_process_accumulation(config.compose(["experiment=paper_math_rloo"])) == (8 // world, world)
+        config.per_process_accumulation(config.compose(["stage=bon"]))
+        config.per_process_accumulation(config.compose(["stage=rm", "stage.train=false"]))
+
+
+@pytest.mark.smoke
+def test_one_process_with_several_gpus_visible_is_refused_before_any_work(tmp_path, run_cli, monkeypatch, tiny_base):
+    """No launcher (world size 1) and 4 GPUs visible: the Trainer would use nn.DataParallel (4x the
+    batch; TRL's RLOOTrainer refuses it). One line names both ways out, for `rlft train` and
+    `rlft pipeline`; nothing is written. Under a launcher (world size 4) and for stages that train
+    nothing, it passes."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    for stage in ("sft", "rloo"):
+        run_dir = tmp_path / stage
+        code, _, err = run_cli("train", f"stage={stage}", f"run_dir={run_dir}")
+        assert code == 2 and not run_dir.exists(), err
+        line = err.strip().splitlines()[-1]
+        assert f"stage={stage}: 4 GPUs are visible to one process and no launcher started it" in line
+        assert "accelerate launch --config_file configs/accelerate/multi_gpu.yaml --num_processes 4 -m rlft train" in line
+        assert "CUDA_VISIBLE_DEVICES=0" in line
+    code, _, err = run_cli("pipeline", "experiment=tiny_math", f"runs_dir={tmp_path / 'runs'}",
+                           f"run_dir={tmp_path / 'pipe'}")
+    assert code == 2 and not (tmp_path / "pipe").exists(), err
+    assert '--launcher "accelerate launch' in err and "--num_processes 4 -m" in err
+    code, out, _ = run_cli("pipeline", "experiment=tiny_math", f"run_dir={tmp_path / 'pipe'}", "--dry-run")
+    assert code == 0 and "rlft train" in out  # a dry run prints the plan
+
+    config.validate(config.compose(["stage=bon", f"init_from={tiny_base}"]))  # samples on cuda:0: nothing multiplies
+    config.validate(config.compose(["stage=rm", "stage.train=false"]))
+    monkeypatch.setattr(config, "world_size", lambda: 4)  # accelerate launch --num_processes 4
+    config.validate(config.compose(["stage=dpo", f"init_from={tiny_base}"]))

@@ -1,11 +1,14 @@
 """The CUDA tier (`make test-gpu`; deselected by default, skipped without CUDA): the Triton kernels
 compiled for real, rlft's sampler and the shared-prompt pass on the GPU, each against the same
-references the CPU tests use. Run without TRITON_INTERPRET (make test sets it for the CPU tier)."""
+references the CPU tests use, and every model each stage samples from or scores with found on the
+GPU where it is used (nothing here calls .cuda() on a model: placement is rlft's, as on a user's
+box). Run without TRITON_INTERPRET (make test sets it for the CPU tier)."""
 
 import os
 
 import pytest
 import torch
+from conftest import record_model_uses
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
@@ -64,7 +67,8 @@ def test_sampler_and_shared_prompt_pass_on_cuda(tiny_base):
     from rlft import models, rloo
     from rlft.sampling import RecordingSampler
 
-    model, tokenizer = models.load_causal_lm(tiny_base).cuda(), models.load_tokenizer(tiny_base)
+    model, tokenizer = models.load_frozen_lm(tiny_base), models.load_tokenizer(tiny_base)  # placed as stages place it
+    assert next(model.parameters()).device == torch.device("cuda", torch.cuda.current_device())
     tokenizer.padding_side = "left"
     texts = [f"{'a ' * (i % 3)}problem {i}" for i in range(8)]
     inputs = {k: v.repeat_interleave(4, 0).cuda() for k, v in tokenizer(texts, return_tensors="pt", padding=True).items()}
@@ -83,3 +87,38 @@ def test_sampler_and_shared_prompt_pass_on_cuda(tiny_base):
     assert rloo.add_fused_lm_head(model, 0.9, with_entropy=True)
     out = model(input_ids=ours, attention_mask=mask, labels=labels, fused_lm_head=True)  # shared prompt pass
     torch.testing.assert_close(out.log_probs[:, prompt - 1:], sampler.logps, atol=1e-4, rtol=1e-4)
+
+
+def _rm_dir():
+    from rlft.config import build, compose
+
+    return build(compose(["reward_model=tiny"]).reward_model.build)
+
+
+STAGES = {  # each stage's sampled and scored models, through the real CLI (tests/test_placement.py on CPU)
+    "bon": (["stage=bon", "data=countdown", "n=2", "num_prompts=2", "data.evaluate.max_new_tokens=4",
+             "stage.sweep=[1,2]", "select=reward", "reward=reward_model", "reward.path={rm}", "init_from={base}"],
+            {"countdown held-out", "reward_models.score"}),
+    "winrate": (["stage=winrate", "data=ifcheck", "init_from={base}", "reference={base}", "judge=reward_model",
+                 "judge.path={rm}", "num_prompts=2", "data.evaluate.max_new_tokens=4"],
+                {"policy responses", "reference responses", "reward_models.score"}),
+    "rm_off_the_shelf": (["stage=rm", "stage.train=false", "data=ifcheck", "data.preference_heldout.n=4"],
+                         {"reward_models.score"}),
+    "rloo_lora": (["stage=rloo", "data=ifcheck", "reward=reward_model", "reward.path={rm}", "init_from={base}",
+                   "peft=lora", "data.prompt_dataset.n=8", "stage.trainer.per_device_train_batch_size=4",
+                   "stage.trainer.max_completion_length=4", "max_steps=1", "stage.trainer.gradient_accumulation_steps=1",
+                   "data.heldout.n=2", "data.evaluate.max_new_tokens=4", "report_to=[]"],
+                  {"reward_models.score", "ifcheck held-out"}),
+}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_sampled_and_scored_model_sits_on_the_gpu(stage, tmp_path, run_cli, tiny_base, monkeypatch):
+    uses = record_model_uses(monkeypatch)  # records only: the device is the real one
+    args, expected = STAGES[stage]
+    rm = _rm_dir()
+    code, _, err = run_cli("train", "model=tiny", *(a.format(rm=rm, base=tiny_base) for a in args),
+                           f"run_dir={tmp_path / stage}")
+    assert code == 0, err
+    assert not [(what, device) for what, device, through in uses if device != "cuda" or not through], uses
+    assert expected <= {what for what, _, _ in uses}

@@ -31,13 +31,17 @@ pytestmark = pytest.mark.smoke
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 # Plain SGD (see assert_same_training): each step is lr x the clipped gradient, norm <= 1.
+# One recipe for every process count: 4 per device x accumulation 2 = 8 sequences a step. rlft divides the
+# accumulation by the world size (config.spread_batch): one process accumulates 2 batches of 4, each of two
+# ranks trains 1 batch of 4. Nothing here halves the batch by hand.
 COMMON = ["max_steps=3", "stage.trainer.logging_steps=1", "++stage.trainer.optim=sgd", "stage.trainer.learning_rate=1.0",
-          "stage.trainer.gradient_accumulation_steps=1", "data.heldout.n=8", "data.evaluate.max_new_tokens=16"]
+          "stage.trainer.per_device_train_batch_size=4", "stage.trainer.gradient_accumulation_steps=2",
+          "data.heldout.n=8", "data.evaluate.max_new_tokens=16"]
 SFT = ["stage=sft", "model=tiny", "data=countdown_tiny", "data.sft_dataset.n=96", "stage.trainer.warmup_steps=0",
        *COMMON]
 DPO = ["stage=dpo", "model=tiny", "data=ifcheck", "data.preference_dataset.n=96", "report_to=[]", *COMMON]
-DDP = ["stage.trainer.per_device_train_batch_size=4", "++stage.trainer.use_cpu=true"]  # 2 ranks x 4
-SINGLE = ["stage.trainer.per_device_train_batch_size=8"]                              # 1 process x 8
+DDP = ["++stage.trainer.use_cpu=true"]  # 2 ranks x 4 x accumulation 1
+SINGLE = []                             # 1 process x 4 x accumulation 2
 
 
 def launch(config: str, *overrides: str, script: Path | None = None, env: dict | None = None):
@@ -80,10 +84,11 @@ def assert_rank0_wrote_once(run: Path, steps: int, single: Path | None = None) -
 
 
 def assert_same_training(single: Path, multi: Path, start_dir: str) -> None:
-    """Two ranks x batch 4 trained as one process x batch 8 does (same seed, so the same rows).
+    """Two ranks x batch 4 trained as one process accumulating two batches of 4 does (the same
+    configured 4 x 2; same seed, so the same rows).
 
-    The runs differ only in float32 summation order (two batch-4 forwards and a gloo all-reduce
-    of the gradients vs one batch-8 forward), which differs between CPUs and thread counts: losses
+    The runs differ only in float32 summation order (two ranks' batch-4 gradients all-reduced over
+    gloo vs two batch-4 gradients accumulated), which differs between CPUs and thread counts: losses
     and gradient norms agree to ~1e-7 relative, checked at 1e-5. The weights are trained by plain
     SGD, so each differs by lr x a roundoff-sized gradient difference plus its own rounding: the
     whole difference is ~1e-6 of the update (checked at 1e-4). Adam would divide a near-zero
@@ -111,7 +116,8 @@ def assert_same_training(single: Path, multi: Path, start_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def sft_single(tmp_path_factory, tiny_base) -> Path:
-    """The single-process SFT reference (1 x 8) for the DDP and ZeRO-2 runs (2 x 4)."""
+    """The single-process SFT reference (1 process x 4 x accumulation 2) for the DDP and ZeRO-2 runs
+    (2 ranks x 4 x accumulation 1, from the same configured accumulation 2)."""
     from rlft.cli import main
 
     run_dir = tmp_path_factory.mktemp("sft") / "single"
@@ -144,7 +150,7 @@ def test_ddp_without_use_cpu_on_a_machine_without_a_gpu_trains_as_one(tmp_path, 
     each rank a single-process run, both training rows 0-3 and both writing as rank 0. rlft turns
     use_cpu on by itself (several ranks, no accelerator), so the ranks train as one process does."""
     run = tmp_path / "ddp"
-    launch("multi_gpu", *SFT, "stage.trainer.per_device_train_batch_size=4", "report_to=[]", f"run_dir={run}",
+    launch("multi_gpu", *SFT, "report_to=[]", f"run_dir={run}",
            env={"CUDA_VISIBLE_DEVICES": ""})
     assert_rank0_wrote_once(run, 3)
     assert_same_training(sft_single, run, tiny_base)
@@ -205,7 +211,8 @@ def test_rloo_ddp_two_ranks_share_groups_and_stay_in_sync(tmp_path, countdown_sf
     launch("multi_gpu", "stage=rloo", "model=tiny", "data=countdown_tiny", "reward=countdown",
            f"init_from={countdown_sft}", f"run_dir={run}", "data.prompt_dataset.n=64", "max_steps=2",
            "stage.trainer.logging_steps=1", "stage.trainer.learning_rate=1e-3", "stage.trainer.num_generations=8",
-           "stage.trainer.gradient_accumulation_steps=1", "stage.trainer.max_completion_length=12",
+           "stage.trainer.per_device_train_batch_size=4", "stage.trainer.gradient_accumulation_steps=2",
+           "stage.trainer.max_completion_length=12",
            "stage.trainer.temperature=1.0", "data.heldout.n=8", "data.evaluate.max_new_tokens=24", "report_to=[]",
            *DDP, script=tmp_path / "rlft_probe.py", env={"PROBE_DIR": str(probe_dir)})
     assert sorted(p.name for p in probe_dir.iterdir()) == ["rank0.pt", "rank1.pt"]

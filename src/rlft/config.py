@@ -21,7 +21,7 @@ from hydra import initialize_config_dir
 from hydra.errors import (ConfigCompositionException, InstantiationException, MissingConfigException,
                           OverrideParseException)
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from rlft.errors import UserError
@@ -62,7 +62,13 @@ def _bf16_available() -> bool:
 def _ranks_without_accelerator() -> bool:
     import torch  # only when a config resolves ${rlft.use_cpu:}: composing imports no torch (~1.5 s)
 
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    return world_size() > 1 and not torch.accelerator.is_available()
+
+
+def world_size() -> int:
+    """How many processes train together: WORLD_SIZE, which `accelerate launch` and torchrun set on
+    every rank (all ranks of all nodes), before any process group exists; 1 in a plain run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def compose(overrides: list[str], extra_config_dir: str | None = None):
@@ -140,6 +146,7 @@ def validate(cfg) -> None:
     so the value checks come first, except a seed or max_steps that is no integer at all: binding
     names the TRL knob it fills (stage.trainer.max_steps: expected int), and only then rlft's check."""
     _check_run_knobs(cfg, integers_only=True)
+    _check_processes(cfg)
     _check_master_weights(cfg)
     _check_sampling(cfg)
     _check_secrets(cfg)
@@ -300,6 +307,100 @@ def _check_sampling(cfg) -> None:
 
 # stage -> the config group whose weights it trains
 TRAINED = {"sft": "model", "dpo": "model", "rloo": "model", "rm": "reward_model"}
+
+
+def _trains(cfg) -> bool:
+    """Whether this run hands a model to a Trainer (stage=rm stage.train=false only evaluates)."""
+    return cfg.stage.get("name") in TRAINED and cfg.stage.get("train", True) is not False
+
+
+def refuse_data_parallel(what: str, how: str) -> None:
+    """Refuse a training run in ONE process while several GPUs are visible (no launcher: world size 1).
+
+    transformers' Trainer then wraps the model in nn.DataParallel over every visible GPU, so each
+    step trains n_gpu x the per-device batch at the paper's learning rate, and TRL's RLOOTrainer
+    stops on DataParallel. The two ways out are the user's to pick, so rlft names both rather than
+    choosing: one process per GPU under a launcher (all GPUs, the same effective batch: see
+    `per_process_accumulation`) or one GPU (CUDA_VISIBLE_DEVICES=0). rlft does not pin to one GPU
+    itself: CUDA_VISIBLE_DEVICES only acts if set before CUDA is first touched, and by the time a
+    config is validated torch has counted the devices (the count is cached, and the Trainer reads
+    n_gpu from it), so an in-process pin cannot be made reliable; and a box rented for n GPUs that
+    silently trains on one wastes n - 1 of them. Stages that train nothing (bon, winrate, sample)
+    are not refused: they run on this process's device (cuda:0) and no batch multiplies. `how`
+    names the launch for the command at hand; {n} in it becomes the GPU count."""
+    import torch  # validate imports torch already (the bf16 resolver); counting GPUs initialises no context
+
+    gpus = torch.cuda.device_count()
+    if world_size() == 1 and gpus > 1:
+        raise UserError(f"{what}: {gpus} GPUs are visible to one process and no launcher started it, so the Trainer "
+                        f"would wrap the model in nn.DataParallel ({gpus}x the batch; TRL's RLOOTrainer refuses it); "
+                        f"run one process per GPU, {how.format(n=gpus)}, or train on one GPU with CUDA_VISIBLE_DEVICES=0")
+
+
+LAUNCH = "accelerate launch --config_file configs/accelerate/multi_gpu.yaml --num_processes {n} -m rlft train ..."
+
+
+def per_process_accumulation(cfg) -> tuple[int, int]:
+    """(per-process gradient accumulation, world size) for a training run, so the batch per optimizer
+    step stays the single-process recipe's on any number of processes and nodes.
+
+    `stage.trainer.per_device_train_batch_size` x `stage.trainer.gradient_accumulation_steps` is the
+    batch one process trains per optimizer step, and every preset and paper experiment states the
+    paper's batch that way. Under a launcher with N processes (`world_size`), HF Trainer and TRL
+    would train N x that, at the same learning rate; rlft divides the accumulation by N instead, so
+    per_device x (accumulation / N) x N is the configured batch (TRL's RLOO then also samples the
+    same number of prompts per generation). The per-device batch (what fits in memory) is left as
+    configured. An accumulation N does not divide is refused with one line naming both keys and an
+    equal split that works; it never silently changes the batch."""
+    trainer = cfg.stage.get("trainer")
+    n = world_size()
+    if not _trains(cfg) or trainer is None:
+        return 1, n
+    accumulation = trainer.get("gradient_accumulation_steps", 1)
+    per_device = trainer.get("per_device_train_batch_size", 8)
+    if not (_is_int(accumulation) and _is_int(per_device)) or n == 1:
+        return accumulation, n  # a mistyped knob: binding it to TRL's config names it
+    if accumulation % n:
+        batch = per_device * accumulation
+        split = next((p for p in range(min(per_device, batch), 0, -1) if batch % p == 0 and (batch // p) % n == 0),
+                     None)
+        plus = "" if "gradient_accumulation_steps" in trainer else "+"  # stage=rm's preset leaves TRL's default 1
+        fix = (f"set stage.trainer.per_device_train_batch_size={split} {plus}stage.trainer.gradient_accumulation_steps="
+               f"{batch // split} (the same {batch} a step)" if split else
+               f"{batch} sequences a step cannot be split evenly over {n} processes; use a process count that divides "
+               f"{batch}, or set {plus}stage.trainer.gradient_accumulation_steps to a multiple of {n} (a larger batch)")
+        raise UserError(f"stage.trainer.gradient_accumulation_steps={accumulation} with {n} processes: rlft keeps the "
+                        f"single-process batch (per_device_train_batch_size {per_device} x accumulation {accumulation} "
+                        f"= {batch} a step) by dividing the accumulation by the world size, and {n} does not divide "
+                        f"{accumulation}; {fix}")
+    return accumulation // n, n
+
+
+def spread_batch(cfg) -> None:
+    """Set stage.trainer.gradient_accumulation_steps to its per-process share (per_process_accumulation)
+    before any TRL config is built from it (DeepSpeed's "auto" batch fields are filled from it when
+    the TrainingArguments are made), and say so on one line when it changes. config.yaml then
+    records what TRL ran; env.json the world size; the model card the whole batch."""
+    accumulation, n = per_process_accumulation(cfg)
+    if n == 1 or not _trains(cfg) or accumulation == cfg.stage.trainer.get("gradient_accumulation_steps", 1):
+        return
+    configured = cfg.stage.trainer.gradient_accumulation_steps
+    with open_dict(cfg):
+        cfg.stage.trainer.gradient_accumulation_steps = accumulation
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"rlft: {n} processes: stage.trainer.gradient_accumulation_steps {configured} -> {accumulation} per "
+              f"process, so each optimizer step trains the configured {cfg.stage.trainer.per_device_train_batch_size} "
+              f"x {configured} = {cfg.stage.trainer.per_device_train_batch_size * configured} sequences", flush=True)
+
+
+def _check_processes(cfg) -> None:
+    """A training run: no DataParallel (refuse_data_parallel) and an accumulation the world size
+    divides (per_process_accumulation), both before the run dir is touched."""
+    if not _trains(cfg):
+        return
+    refuse_data_parallel(f"stage={cfg.stage.name}", f"e.g. `{LAUNCH}` (make paper-*: ACCELERATE=\"accelerate launch "
+                         "--config_file configs/accelerate/multi_gpu.yaml -m\")")
+    per_process_accumulation(cfg)
 
 
 def _check_master_weights(cfg) -> None:

@@ -438,8 +438,46 @@ def _from_pretrained(cls, path: str, **kwargs):
                         "retries and fails at once)") from e
 
 
+def accelerator_device() -> torch.device:
+    """The device this process computes on: accelerate's `PartialState().device` (cuda:<local rank>
+    under a launcher, cuda:0 in a plain run on a GPU box, cpu without an accelerator). The one
+    function placement asks; tests replace it with a device they control."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def on_accelerator(model):
+    """Put a model that samples or scores outside a Trainer on this process's accelerator device
+    (`accelerator_device`) and return it: the one place every such model goes through (stage=bon,
+    winrate and sample, the evaluation after training, a reference, a reward model judging or
+    rewarding). transformers 5 loads to the CPU without a device_map, and generation runs where
+    the weights are, so a model that skipped this would sample on the CPU of a GPU box.
+
+    Models handed to a Trainer are not brought here before training: the Trainer places them
+    itself (Trainer.__init__ moves the model to args.device unless DeepSpeed, FSDP, a device_map
+    split or a quantized model owns the placement; TRL prepares its reference with accelerate or
+    DeepSpeed). Left as they are, since another owner placed them: a VLLMPolicy (vLLM holds its
+    weights), a model loaded with a device_map (bitsandbytes 4-bit sits on the GPU already and
+    transformers refuses its .to()), a quantized model, and ZeRO-3-partitioned parameters (each
+    rank holds a shard; DeepSpeed gathers them). A model already on the device is a no-op."""
+    if not isinstance(model, torch.nn.Module) or getattr(model, "hf_device_map", None) \
+            or getattr(model, "hf_quantizer", None) is not None or getattr(model, "quantization_method", None):
+        return model
+    if any(hasattr(p, "ds_id") for p in model.parameters()):  # DeepSpeed ZeRO-3 owns these
+        return model
+    return model.to(accelerator_device())
+
+
+def load_frozen_lm(path: str, dtype: str = "float32"):
+    """A causal LM that only samples or is compared against (a reference, an evaluated policy), on
+    the accelerator (`on_accelerator`)."""
+    return on_accelerator(load_causal_lm(path, dtype))
+
+
 def merge_adapter(base_path: str, adapter_dir: str, dtype: str = "float32"):
-    """Base weights (full precision, even after QLoRA) with a LoRA adapter merged in."""
+    """Base weights (full precision, even after QLoRA) with a LoRA adapter merged in, where the base
+    loads (the CPU): save_trained saves it from there, then puts it on the accelerator."""
     return PeftModel.from_pretrained(load_causal_lm(base_path, dtype), adapter_dir).merge_and_unload()
 
 
@@ -452,7 +490,9 @@ def save_trained(trainer, run_dir: str, base_path: str, tokenizer, dtype: str, p
 
     Atomic: everything is written to model.partial/ (adapter.partial/) and only a complete
     directory is moved into place (rundir.publish_dir), so a kill or an error while saving leaves
-    the previous model/ (or none), never a half-written one."""
+    the previous model/ (or none), never a half-written one. The model returned is evaluated next,
+    so once saved it goes through `on_accelerator` (the merged model moves there; the trained one
+    is there already, a no-op)."""
     model_dir, adapter_dir = Path(run_dir) / "model", Path(run_dir) / "adapter"
     staged_model, staged_adapter = staging_dir(model_dir), staging_dir(adapter_dir)
     if is_main_process():  # leftovers of an attempt killed while saving
@@ -474,7 +514,7 @@ def save_trained(trainer, run_dir: str, base_path: str, tokenizer, dtype: str, p
         if is_main_process():
             _remove_dirs(staged_model, staged_adapter)
         raise
-    return policy
+    return on_accelerator(policy)
 
 
 def _remove_dirs(*paths: Path) -> None:
@@ -495,13 +535,14 @@ def load_reward_model(path: str, dtype: str = "float32", scoring: bool = False):
 
 
 def load_sampling_policy(path: str, tokenizer, dtype: str, backend: str, seed: int):
-    """A model dir to sample from and not train (stage=bon, stage=winrate): transformers' model, or
-    on a GPU box with backend="vllm" a VLLMPolicy, which evaluate.generate samples through instead."""
+    """A model dir to sample from and not train (stage=bon, winrate, sample): transformers' model on
+    the accelerator (`load_frozen_lm`), or on a GPU box with backend="vllm" a VLLMPolicy, which
+    evaluate.generate samples through instead."""
     if backend not in ("transformers", "vllm"):
         raise UserError(f"generation_backend={backend!r}: choose transformers or vllm")
     if backend == "vllm":
         return VLLMPolicy(path, dtype, stop_token_ids(tokenizer), seed)
-    return load_causal_lm(path, dtype)
+    return load_frozen_lm(path, dtype)
 
 
 class VLLMPolicy:

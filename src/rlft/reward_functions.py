@@ -20,8 +20,6 @@ from __future__ import annotations
 import logging
 import math
 
-from accelerate import PartialState
-
 from rlft import reward_models
 from rlft.config import build
 from rlft.errors import UserError
@@ -54,9 +52,9 @@ def task_reward(task: Task):
 
 def reward_model_reward(path: str, fmt: str = "chat", max_length: int = 1024, batch_size: int = 32,
                         dtype: str = "float32"):
-    """A trained sequence-classification reward model scored through rlft.reward_models.score."""
+    """A trained sequence-classification reward model (on the accelerator: reward_models.load_scorer)
+    scored through rlft.reward_models.score."""
     model, tokenizer = reward_models.load_scorer(path, fmt, dtype)
-    model.to(PartialState().device)
 
     def reward_model(prompts, completions, **kwargs):
         prompts = [p if isinstance(p, list) else [{"role": "user", "content": str(p)}] for p in prompts]

@@ -91,8 +91,9 @@ def score(model, tokenizer, prompts: list[list[dict]], responses: list[str], fmt
 
 
 def load_scorer(path: str, fmt: str, dtype: str = "float32"):
-    """A trained reward model and its tokenizer, ready for `score` (ChatML template for `chat`)."""
-    model = models.load_reward_model(path, dtype, scoring=True)
+    """A trained reward model, on the accelerator (models.on_accelerator), and its tokenizer, ready
+    for `score` (ChatML template for `chat`): the judge's and the RLOO reward's reward model."""
+    model = models.on_accelerator(models.load_reward_model(path, dtype, scoring=True))
     model.eval()
     return model, models.load_tokenizer(path, chat_template="chatml" if fmt == "chat" else None)
 

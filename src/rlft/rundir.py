@@ -40,6 +40,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
+from rlft import config
 from rlft.errors import UserError
 
 PACKAGES = [
@@ -550,6 +551,7 @@ def environment(cfg) -> dict:
             versions[name] = None
     return {
         "seed": cfg.seed,
+        "world_size": config.world_size(),  # processes training together, all nodes (config.spread_batch)
         "argv": sys.argv,
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -52,6 +52,7 @@ def train(overrides: list[str], config_dir: str | None = None, print_only: bool 
             return 0
         config.validate(cfg)
         OmegaConf.resolve(cfg)  # resolve once: every rank and every later read see the same values
+        config.spread_batch(cfg)  # the configured batch per optimizer step on any number of processes
     except OmegaConfBaseException as e:
         raise UserError(f"config: {str(e).splitlines()[0]}") from None
     stage = importlib.import_module(f"rlft.stages.{cfg.stage.name}")
@@ -99,6 +100,14 @@ def fit(trainer, cfg) -> None:
     finally:
         _run.training, _run.after_training = False, True
     check_finite(trainer, cfg)
+
+
+def batch_facts(args) -> dict:
+    """The model card's batch: per device x accumulation x processes = sequences per optimizer step
+    (the accumulation is already each process's share: config.spread_batch)."""
+    per_device, accumulation, n = args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size
+    return {"batch": f"{per_device} per device x {accumulation} accumulation x {n} process{'es' if n > 1 else ''} = "
+                     f"{per_device * accumulation * n} per optimizer step", "world_size": n}
 
 
 def check_finite(trainer, cfg) -> None:
@@ -282,6 +291,10 @@ def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool 
         if tag not in every_tag:
             raise UserError(f"{tag}:{override}: no step of pipeline {cfg.run_name!r} is tagged {tag!r} "
                             f"(its steps' stages and tags: {', '.join(sorted(every_tag))})")
+    if not launcher and not dry_run and any(trains for *_, trains, _ in plan):
+        config.refuse_data_parallel(f"rlft pipeline experiment={cfg.run_name}", '--launcher "accelerate launch '
+                                    '--config_file configs/accelerate/multi_gpu.yaml --num_processes {n} -m" (make '
+                                    'paper-*: ACCELERATE="accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m")')
     names = [name for name, *_ in plan]
     wanted = OmegaConf.to_container(cfg.report, resolve=True) if cfg.get("report") else {}
     runs = wanted.get("runs") or names

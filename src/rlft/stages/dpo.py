@@ -19,7 +19,7 @@ from rlft.config import build
 from rlft.data import count_over_length
 from rlft.metrics import MetricsLogger
 from rlft.stats import win_rate
-from rlft.train import fit
+from rlft.train import batch_facts, fit
 
 
 def main(cfg) -> tuple[dict | None, dict]:
@@ -61,8 +61,9 @@ def main(cfg) -> tuple[dict | None, dict]:
     if policy is not None and heldout:
         evaluate = build(cfg.data.evaluate)
         ours = evaluate(policy, tokenizer, heldout)
-        ref = evaluate(ref_model if ref_model is not None else models.load_causal_lm(path, cfg.model.frozen_dtype),
-                       tokenizer, heldout)
+        # the reference DPOTrainer prepared (already on the device), or with peft a fresh copy of the start
+        ref = evaluate(models.on_accelerator(ref_model) if ref_model is not None
+                       else models.load_frozen_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
         results = {"heldout": ours, "reference": ref, "vs_reference": win_rate(ours["scores"], ref["scores"])}
     card = {
         "base_model": path,
@@ -71,7 +72,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         "steps": trainer.state.global_step,
         "beta": args.beta,
         "learning_rate": args.learning_rate,
-        "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
+        **batch_facts(args),  # per device x accumulation x processes, and the world size
         "max_length": args.max_length,
         "pairs_over_max_length": f"{over_length} (truncated by TRL, truncation_mode={args.truncation_mode})",
     }

@@ -20,7 +20,7 @@ from rlft.config import build
 from rlft.errors import UserError
 from rlft.metrics import MetricsLogger
 from rlft.stats import win_rate
-from rlft.train import fit
+from rlft.train import batch_facts, fit
 
 
 def main(cfg) -> tuple[dict | None, dict]:
@@ -75,7 +75,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         evaluate = build(cfg.data.evaluate)
         results = {"heldout": evaluate(policy, tokenizer, heldout)}
         if cfg.data.get("task") and build(cfg.data.task).instructions:
-            ref = evaluate(models.load_causal_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
+            ref = evaluate(models.load_frozen_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
             results |= {"reference": ref, "vs_reference": win_rate(results["heldout"]["scores"], ref["scores"])}
     card = {
         "base_model": path,
@@ -90,7 +90,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         **({"pass_k": [list(p) for p in trainer.pass_k_schedule]} if getattr(trainer, "pass_k_schedule", None) else {}),
         "beta": args.beta,
         "learning_rate": args.learning_rate,
-        "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
+        **batch_facts(args),  # per device x accumulation x processes, and the world size
         "max_completion_length": args.max_completion_length,
         "temperature": args.temperature,
     }

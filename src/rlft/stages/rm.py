@@ -19,7 +19,7 @@ from rlft import models, reward_models
 from rlft.config import build
 from rlft.errors import UserError
 from rlft.metrics import MetricsLogger
-from rlft.train import fit
+from rlft.train import batch_facts, fit
 
 
 def main(cfg) -> tuple[dict | None, dict]:
@@ -36,7 +36,8 @@ def main(cfg) -> tuple[dict | None, dict]:
     if not cfg.stage.train:  # off the shelf (the paper's DeBERTa): held-out pairwise accuracy, no model/
         if heldout is None:
             raise UserError(f"stage.train=false evaluates only: data={cfg.data.name} has no preference_heldout")
-        return ({"heldout": reward_models.pairwise_accuracy(model, tokenizer, heldout, rm.format, rm.max_length)},
+        return ({"heldout": reward_models.pairwise_accuracy(models.on_accelerator(model), tokenizer, heldout,
+                                                            rm.format, rm.max_length)},
                 {"base_model": path, "variant": "off the shelf (not trained)"})
 
     # 3. encode through the scoring contract, then the variant's trainer (rm_loss.trainer)
@@ -68,6 +69,6 @@ def main(cfg) -> tuple[dict | None, dict]:
         "train_pairs": len(train_dataset),
         "steps": trainer.state.global_step,
         "learning_rate": args.learning_rate,
-        "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
+        **batch_facts(args),  # per device x accumulation x processes, and the world size
     }
     return results, card

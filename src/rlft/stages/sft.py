@@ -18,7 +18,7 @@ from rlft.config import build
 from rlft.data import count_over_length, dropped_rows
 from rlft.errors import UserError
 from rlft.metrics import MetricsLogger
-from rlft.train import fit
+from rlft.train import batch_facts, fit
 
 
 def main(cfg) -> tuple[dict | None, dict]:
@@ -66,7 +66,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         "rows_dropped": dropped_rows(train_dataset),  # rows the loader could not train on, by reason
         "steps": trainer.state.global_step,
         "learning_rate": args.learning_rate,
-        "batch": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation",
+        **batch_facts(args),  # per device x accumulation x processes, and the world size
         "max_length": args.max_length,
         "rows_over_max_length": f"{over_length} (truncated by TRL to max_length)",
     }

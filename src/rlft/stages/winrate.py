@@ -50,7 +50,7 @@ def main(cfg) -> tuple[dict, dict]:
     model = models.load_sampling_policy(path, tokenizer, cfg.model.frozen_dtype, cfg.generation_backend, cfg.seed)
     selector = reward_functions.selector(cfg.reward) if cfg.select == "reward" else None
     judge = build(cfg.judge.scorer)
-    reference = models.load_causal_lm(str(cfg.reference), cfg.model.frozen_dtype)
+    reference = models.load_frozen_lm(str(cfg.reference), cfg.model.frozen_dtype)
     reference_tokenizer = models.load_tokenizer(str(cfg.reference), cfg.model.chat_template)
 
     # 3. both models answer every prompt under the same decoding; the judge scores both
