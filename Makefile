@@ -1,5 +1,6 @@
 # rlft — every target creates .venv and installs on first use (make setup is idempotent).
 #   make demo        the tiny Countdown pipeline on CPU (offline): table + plots in runs/tiny_math/report
+#   make real-math   the Countdown pipeline on the real SmolLM2-135M-Instruct, on CPU (runs/real_math/report)
 #   make tiny-if     SFT -> reward models -> DPO, RLOO on the offline instruction task (CPU)
 #   make real-if     the instruction-following chain on real SmolLM2-135M + MiniLM-L6, IFEval's checkers (CPU)
 #   make test        unit + smoke tests (offline, CPU)       make test-slow   the long checks
@@ -18,7 +19,7 @@ RUNS ?= runs
 # Everything here runs offline on CPU; TRITON_INTERPRET must be set before triton is imported.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=1
 
-.PHONY: setup demo tiny-math tiny-if real-if paper-math paper-if rehearsal test test-slow test-gpu bench clean
+.PHONY: setup demo tiny-math real-math tiny-if real-if paper-math paper-if rehearsal test test-slow test-gpu bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +37,12 @@ demo: tiny-math
 
 tiny-math: setup
 	$(OFFLINE) $(BIN)/rlft pipeline experiment=tiny_math
+
+# make real-math: the same Countdown rows on the real SmolLM2-135M-Instruct (experiment=real_math):
+# SFT on solver-verified answers, best-of-16 with the verifier on it, RLOO from it with the verifier
+# reward, best-of-16 on the RLOO model, then the report (runs/real_math/report). CPU, offline.
+real-math: setup
+	$(OFFLINE) $(BIN)/rlft pipeline experiment=real_math
 
 # make tiny-if: the paper's instruction-following rows on the tiny model and the offline ifcheck
 # task (experiment=tiny_if): SFT, reward models (each variant, two backbones), DPO from the SFT model,
