@@ -210,7 +210,10 @@ def _differences(stock, ours, start: torch.Tensor) -> list[str]:
     logs_b = [r for r in ours.state.log_history if "loss" in r]
     for key in ("loss", "reward", "grad_norm", "entropy") + (("kl",) if stock.beta else ()):
         x, y = [r[key] for r in logs_a], [r[key] for r in logs_b]
-        if y != pytest.approx(x, rel=REL, abs=1e-6):
+        # on-policy, the loss is 0 by construction: what is logged is the roundoff of a sum of ~300
+        # terms of order 1 (1.1e-6 against -1.5e-8 with OMP_NUM_THREADS=1 here), so it gets the
+        # roundoff of that sum as its absolute tolerance; the gradients below carry the real check
+        if y != pytest.approx(x, rel=REL, abs=1e-5 if key == "loss" else 1e-6):
             bad.append(f"{key}: {y} vs stock {x}")
     for step, (g_a, g_b) in enumerate(zip(stock.gradients, ours.gradients, strict=True), 1):
         error = ((g_b - g_a).norm() / g_a.norm()).item()
