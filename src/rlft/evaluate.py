@@ -94,9 +94,12 @@ def heldout(model, tokenizer, rows: list[dict], task: Task, system_prompt: str |
     """Greedy responses to held-out rows, judged by `task` (rlft.tasks): the task's metrics (each
     with a 95% interval), how it scored, and the per-prompt scores (for win-rates against another
     model's answers to the same rows)."""
-    responses = generate(model, tokenizer, task_prompts(tokenizer, task, rows, system_prompt), max_new_tokens,
-                         batch_size, desc=f"{task.name} held-out")
-    verdicts = [task.verdict(r, row) for r, row in zip(responses, rows, strict=True)]
+    def answer(which: list[dict], name: str) -> tuple[list[str], list]:
+        responses = generate(model, tokenizer, task_prompts(tokenizer, task, which, system_prompt), max_new_tokens,
+                             batch_size, desc=f"{name} held-out")
+        return responses, [task.verdict(r, row) for r, row in zip(responses, which, strict=True)]
+
+    responses, verdicts = answer(rows, task.name)
     out = {
         **task.summarize(verdicts),
         "decoding": "greedy",
@@ -107,10 +110,7 @@ def heldout(model, tokenizer, rows: list[dict], task: Task, system_prompt: str |
                     for row, r, v in list(zip(rows, responses, verdicts))[:20]],
     }
     for name, (extra, dropped) in task.extra_heldout().items():  # e.g. IFBench beside IFEval: out of distribution
-        answers = generate(model, tokenizer, task_prompts(tokenizer, task, extra, system_prompt), max_new_tokens,
-                           batch_size, desc=f"{name} held-out")
-        summary = task.summarize([task.verdict(r, row) for r, row in zip(answers, extra, strict=True)])
-        out |= {f"{name}_{metric}": value for metric, value in summary.items()}
+        out |= {f"{name}_{metric}": value for metric, value in task.summarize(answer(extra, name)[1]).items()}
         out |= {f"{name}_rows_checked": len(extra), f"{name}_rows_dropped": dropped}
     return out
 

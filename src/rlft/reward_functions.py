@@ -41,7 +41,7 @@ def task_reward(task: Task):
     The task is built with the reward, so a bad rule fails before the first batch."""
 
     def score(prompts, completions, **columns):
-        missing = [c for c in task.columns if c not in columns]
+        missing = task.missing_columns(columns)
         if missing:
             raise ValueError(f"the prompt dataset has no {', '.join(missing)} column for the {task.name} task")
         rows = [dict(zip(task.columns, values)) for values in zip(*(columns[c] for c in task.columns))]
