@@ -138,6 +138,9 @@ def test_half_precision_weights_under_the_optimizer_are_refused(overrides, key):
     (["stage=winrate", "select=reward", "temperature=0"], "temperature=0 with n=16: stage=winrate samples n answers"),
     (["stage=winrate", "decoding.do_sample=true", "decoding.temperature=0"],
      "decoding.temperature=0 with decoding.do_sample=true: sampling needs a temperature > 0"),
+    (["experiment=paper_math_sft", "data.evaluate.decoding.temperature=0"],
+     "data.evaluate.decoding.temperature=0 with data.evaluate.decoding.do_sample=true: sampling needs"),
+    (["data=countdown", "+data.evaluate.decoding.top_k=20"], "data.evaluate.decoding: unknown top_k; expected null"),
 ])
 def test_seed_max_steps_and_sampling_temperature_are_checked_before_any_work(overrides, message):
     with pytest.raises(UserError) as e:

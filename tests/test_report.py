@@ -33,6 +33,16 @@ def test_nested_metrics_are_rows_and_headlines_pick_one_per_column():
     assert lines[4] == "| rm |  |  |  | 0.990 [0.890, 1.090] |  |"
 
 
+def test_held_out_answers_that_were_sampled_are_not_headed_greedy():
+    """paper_math_* samples its held-out answers as the authors did (T 0.2): its own column."""
+    sampled = {"do_sample": True, "temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 0}
+    runs = [_run("authors", "sft", {"heldout": {"accuracy": m(0.5), "decoding": sampled}}),
+            _run("greedy", "sft", {"heldout": {"accuracy": m(0.4), "decoding": "greedy"}})]
+    lines = report.summary(report.rows(runs)).splitlines()
+    assert lines[0] == "| run | greedy accuracy | held-out accuracy, sampled |"
+    assert lines[2:] == ["| authors |  | 0.500 [0.400, 0.600] |", "| greedy | 0.400 [0.300, 0.500] |  |"]
+
+
 def test_a_label_names_the_row_and_a_note_heads_the_report(tmp_path):
     import json
 

@@ -280,6 +280,8 @@ def _check_sampling(cfg) -> None:
     so best-of-N would be greedy accuracy N times over (greedy accuracy is reported already) and
     transformers refuses to sample at 0 anyway; a negative temperature is not a temperature.
     Likewise stage=winrate's sampled `decoding` (decoding.do_sample=true) needs decoding.temperature > 0."""
+    evaluate = cfg.get("data", {}).get("evaluate")
+    _check_decoding("data.evaluate.decoding", evaluate.get("decoding") if evaluate is not None else None)
     stage = cfg.stage.get("name")
     if stage == "sample":  # k samples per prompt, the pairs or the correct ones kept: greedy gives k copies
         t = cfg.get("temperature")
@@ -297,12 +299,24 @@ def _check_sampling(cfg) -> None:
         raise UserError(f"temperature={temperature} with n={n}: stage={stage} samples n answers per prompt at "
                         f"`temperature`; {why} (greedy accuracy is reported already); set temperature > 0 "
                         "(the paper's 1.0)")
-    decoding = cfg.get("decoding")
-    if decoding is not None and decoding.get("do_sample") is True:
+    _check_decoding("decoding", cfg.get("decoding"))
+
+
+def _check_decoding(key: str, decoding) -> None:
+    """A `decoding` node ({do_sample, temperature, top_p, repetition_penalty}; null: greedy)."""
+    if decoding is None:
+        return
+    from rlft.evaluate import GREEDY
+
+    if not isinstance(decoding, DictConfig) or set(decoding) - set(GREEDY):
+        unknown = sorted(set(decoding) - set(GREEDY)) if isinstance(decoding, DictConfig) else [repr(decoding)]
+        raise UserError(f"{key}: unknown {', '.join(unknown)}; expected null (greedy) or keys "
+                        f"{', '.join(GREEDY)}")
+    if decoding.get("do_sample") is True:
         t = decoding.get("temperature")
         if isinstance(t, (int, float)) and not isinstance(t, bool) and t <= 0:
-            raise UserError(f"decoding.temperature={t} with decoding.do_sample=true: sampling needs a temperature "
-                            "> 0; for greedy answers set decoding.do_sample=false")
+            raise UserError(f"{key}.temperature={t} with {key}.do_sample=true: sampling needs a temperature "
+                            f"> 0; for greedy answers set {key}.do_sample=false")
 
 
 # stage -> the config group whose weights it trains

@@ -89,20 +89,39 @@ def _shown(task: Task, row: dict) -> dict:
     return {k: row[k] for k in task.shown if k in row}
 
 
+GREEDY = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0}
+
+
+def _decoding(decoding: dict | None) -> dict:
+    """{do_sample, temperature, top_p, repetition_penalty}: greedy where a key is not given."""
+    unknown = sorted(set(decoding or {}) - set(GREEDY))
+    if unknown:
+        raise ValueError(f"decoding: unknown key(s) {', '.join(unknown)}; expected {', '.join(GREEDY)}")
+    return {**GREEDY, **(decoding or {})}
+
+
 def heldout(model, tokenizer, rows: list[dict], task: Task, system_prompt: str | None = None,
-            max_new_tokens: int = 64, batch_size: int = 64) -> dict:
-    """Greedy responses to held-out rows, judged by `task` (rlft.tasks): the task's metrics (each
-    with a 95% interval), how it scored, and the per-prompt scores (for win-rates against another
-    model's answers to the same rows)."""
+            max_new_tokens: int = 64, batch_size: int = 64, decoding: dict | None = None,
+            seed: int | None = None) -> dict:
+    """Responses to held-out rows, judged by `task` (rlft.tasks): the task's metrics (each with a
+    95% interval), how it scored, and the per-prompt scores (for win-rates against another model's
+    answers to the same rows). Greedy unless `decoding` ({do_sample, temperature, top_p,
+    repetition_penalty}) samples, e.g. as the paper's authors scored Countdown (T 0.2, top-p 0.9,
+    repetition penalty 1.1); sampling starts from `seed`, so every model meets the same draws."""
+    decoding = _decoding(decoding)
+
     def answer(which: list[dict], name: str) -> tuple[list[str], list]:
+        if decoding["do_sample"] and seed is not None:
+            set_seed(seed)
         responses = generate(model, tokenizer, task_prompts(tokenizer, task, which, system_prompt), max_new_tokens,
-                             batch_size, desc=f"{name} held-out")
+                             batch_size, decoding["do_sample"], decoding["temperature"], desc=f"{name} held-out",
+                             top_p=decoding["top_p"], repetition_penalty=decoding["repetition_penalty"])
         return responses, [task.verdict(r, row) for r, row in zip(responses, which, strict=True)]
 
     responses, verdicts = answer(rows, task.name)
     out = {
         **task.summarize(verdicts),
-        "decoding": "greedy",
+        "decoding": "greedy" if decoding == GREEDY else {**decoding, "seed": seed if decoding["do_sample"] else None},
         **task.describe(),
         "max_new_tokens": max_new_tokens,
         "scores": [v.score for v in verdicts],
@@ -173,7 +192,7 @@ def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows:
     for both models. When sampling, each model's generation starts from `seed`, so every policy
     evaluated meets the same reference responses.
     """
-    decoding = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0, **(decoding or {})}
+    decoding = _decoding(decoding)
     texts = [r["prompt"] for r in rows]
     messages = chat_messages(texts, system_prompt)
 

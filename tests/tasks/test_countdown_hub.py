@@ -154,10 +154,11 @@ class Policy:
     prompt correctly, then ends with a newline, so rlft scores 1.0 and TinyZero's last line 0.0."""
 
     def __init__(self):
-        self.max_new_tokens = []
+        self.max_new_tokens, self.decoding = [], []
 
     def generate_texts(self, prompts, max_new_tokens, do_sample, temperature, n, top_p=1.0, repetition_penalty=1.0):
         self.max_new_tokens.append(max_new_tokens)
+        self.decoding.append((do_sample, temperature, top_p, repetition_penalty))
         out = []
         for prompt in prompts:
             p = countdown.parse_problem(prompt)
@@ -198,6 +199,24 @@ def test_paper_math_bon_scores_by_the_last_line_at_512_tokens(tmp_path, monkeypa
     assert results["greedy"]["accuracy"]["value"] == 0.0 and results["greedy"]["accuracy"]["n"] == 5
     assert results["sampled"]["best_of_2_accuracy"]["value"] == 0.0
     assert policy.max_new_tokens == [512, 512]
+    # the held-out answers are sampled as the authors' scripts/evaluation.py samples, and say so
+    assert policy.decoding[0] == (True, 0.2, 0.9, 1.1)
+    assert results["greedy"]["decoding"] == {"do_sample": True, "temperature": 0.2, "top_p": 0.9,
+                                             "repetition_penalty": 1.1, "seed": 0}
+
+
+def test_paper_math_scores_greedily_one_switch_away(tmp_path, monkeypatch):
+    from rlft import models
+    from rlft.stages import bon
+
+    policy = Policy()
+    monkeypatch.setattr(models, "resolve_model_path", lambda model_cfg, init_from=None: "policy")
+    monkeypatch.setattr(models, "load_tokenizer", lambda path, chat_template=None: Tokenizer())
+    monkeypatch.setattr(models, "load_causal_lm", lambda path, dtype="float32", **kw: policy)
+    hub = write_jsonl(tmp_path / "tasks.jsonl", tasks_rows(20))
+    results, _ = bon.main(compose("experiment=paper_math_bon", f"data.heldout.path={hub}", "num_prompts=5", "n=2",
+                                  "data.evaluate.decoding=null"))
+    assert policy.decoding[0] == (False, 1.0, 1.0, 1.0) and results["greedy"]["decoding"] == "greedy"
 
 
 def test_rloo_reward_follows_the_data_rule():
