@@ -8,17 +8,22 @@ RLOO time; rlft scores through `score` instead). Two formats:
   pair  tokenizer(prompt text, response): [CLS] prompt [SEP] response [SEP] for BERT-family
         backbones (DeBERTa, DistilBERT), as OpenAssistant's DeBERTa reward model expects
 Over-long inputs are truncated from the left (the response end is what a reward model judges)
-and counted; none is dropped.
+and counted; none is dropped. `flat` is the paper's authors' input: the whole conversation as one
+"system\n...\nuser\n...\nassistant\n..." string, truncated from the right (experiment=paper_if_*
+DistilBERT cells; reward_model.format=pair is rlft's default for BERT-family backbones).
 
 Training (stage=rm, rm_loss=...; each class a `_target_` of configs/rm_loss/):
   bt          trl.RewardTrainer as it is: Bradley-Terry, -log sigmoid(r_c - r_r), chosen and rejected in one batch
   siamese     one shared encoder run separately on chosen and on rejected, the same loss
               (the paper's Siamese DistilBERT)
   regression  pointwise MSE of r(chosen), r(rejected) onto their scores, rescaled from 1..10 to
-              -1..1 (the paper's DistilBERT)
+              -1..1 (targets=scaled), or the raw 1..10 scores as the paper's authors regress them
+              (targets=raw: experiment=paper_if_rm_distilbert) (the paper's DistilBERT)
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +33,7 @@ from trl import RewardTrainer
 from rlft import models
 from rlft.stats import wilson_interval
 
-FORMATS = ("chat", "pair")
+FORMATS = ("chat", "pair", "flat")
 
 
 def prompt_text(messages: list[dict]) -> str:
@@ -37,17 +42,28 @@ def prompt_text(messages: list[dict]) -> str:
     return "\n".join(m["content"] for m in messages if m.get("role") != "system")
 
 
+def flat_text(prompt: list[dict], response: str) -> str:
+    """The `flat` format's one string, as the paper's authors fed their DistilBERT reward models:
+    each turn (system turn included) as "role\ncontent", one after another."""
+    return "\n".join(f"{m['role']}\n{m['content']}" for m in [*prompt, {"role": "assistant", "content": response}])
+
+
 def encode(tokenizer, prompt: list[dict], response: str, fmt: str, max_length: int) -> tuple[list[int], bool]:
-    """Input ids for the reward model, and whether they were truncated (from the left)."""
+    """Input ids for the reward model, and whether they were truncated: from the left (chat, pair:
+    the response's end is kept), or from the right for `flat` (the authors' tokenizer(truncation=True))."""
     if fmt == "chat":
         text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    elif fmt == "pair":
-        ids = tokenizer(prompt_text(prompt), response, add_special_tokens=True)["input_ids"]
+    elif fmt in ("pair", "flat"):
+        ids = tokenizer(*((prompt_text(prompt), response) if fmt == "pair" else (flat_text(prompt, response),)),
+                        add_special_tokens=True)["input_ids"]
     else:
         raise ValueError(f"unknown reward format {fmt!r}; use one of {FORMATS}")
     if len(ids) <= max_length:
         return ids, False
+    if fmt == "flat":  # right-truncated; a closing [SEP] stays, as the tokenizer's own truncation keeps it
+        sep = tokenizer.sep_token_id is not None and ids[-1] == tokenizer.sep_token_id
+        return (ids[: max_length - 1] + [ids[-1]]) if sep else ids[:max_length], True
     keep = ids[-max_length:]
     if fmt == "pair" and tokenizer.cls_token_id is not None and ids[0] == tokenizer.cls_token_id:
         keep = [ids[0]] + ids[-(max_length - 1):]  # keep [CLS]: the DeBERTa head pools it
@@ -128,13 +144,17 @@ class SiameseRewardTrainer(RewardTrainer):
 
 
 class RegressionRewardTrainer(RewardTrainer):
-    """trl.RewardTrainer with a pointwise loss: MSE of each reward onto its score (1..10 -> -1..1).
+    """trl.RewardTrainer with a pointwise loss: MSE of each reward onto its score, either rescaled
+    from 1..10 to -1..1 (targets="scaled", rlft's: rewards on the scale RLOO's KL coefficient is
+    tuned for) or the raw 1..10 score (targets="raw", the paper's authors': against the same KL
+    coefficient the reward then weighs ~4.5x more).
 
     Each batch also carries the rows' score_chosen and score_rejected: the collator (TRL's, or the
     one passed in) is wrapped to add them, and a row without them is refused."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, targets: Literal["scaled", "raw"] = "scaled", **kwargs):
         super().__init__(**kwargs)
+        self.targets = targets
         self.data_collator = _with_scores(kwargs.get("data_collator") or self.data_collator)
 
     def _set_signature_columns_if_needed(self):
@@ -143,7 +163,8 @@ class RegressionRewardTrainer(RewardTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         targets = torch.cat([inputs.pop("score_chosen"), inputs.pop("score_rejected")])  # (2B,)
         rewards = model(**inputs, use_cache=False).logits.squeeze(-1)  # (2B,): chosen rows then rejected
-        loss = F.mse_loss(rewards, (targets.to(rewards.dtype) - 5.5) / 4.5)
+        targets = targets.to(rewards.dtype)
+        loss = F.mse_loss(rewards, (targets - 5.5) / 4.5 if self.targets == "scaled" else targets)
         half = rewards.shape[0] // 2
         mode = "train" if model.training else "eval"
         self._metrics[mode]["accuracy"].append((rewards[:half] > rewards[half:]).float().mean().item())

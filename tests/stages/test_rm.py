@@ -36,7 +36,8 @@ def test_rm_cli_contract(tmp_path, run_cli, variant, backbone, peft):
 def bert_tokenizer(tmp_path):
     from transformers import BertTokenizerFast
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "write", "about", "rain", "it", "is", "wet", ".", "'"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "write", "about", "rain", "it", "is", "wet", ".", "'",
+             "system", "user", "assistant", "be", "brief"]
     return BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
 
 
@@ -48,6 +49,51 @@ def test_contract_pair_format_has_bert_special_tokens_and_keeps_cls_when_truncat
     assert not truncated
     short, truncated = reward_models.encode(tok, prompt, "it is wet .", "pair", max_length=6)
     assert truncated and tok.convert_ids_to_tokens(short) == ["[CLS]", "it", "is", "wet", ".", "[SEP]"]
+
+
+def test_contract_flat_format_is_the_authors_one_string_cut_from_the_right(tmp_path):
+    """reward_model=distilbert (the paper's cells): system, user and assistant turns as one string,
+    right-truncated as the authors' tokenizer(truncation=True) cuts it, the closing [SEP] kept."""
+    tok = bert_tokenizer(tmp_path)
+    prompt = [{"role": "system", "content": "be brief ."}, {"role": "user", "content": "write about rain ."}]
+    ids, truncated = reward_models.encode(tok, prompt, "it is wet .", "flat", max_length=64)
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "system", "be", "brief", ".", "user", "write", "about", "rain",
+                                              ".", "assistant", "it", "is", "wet", ".", "[SEP]"]
+    assert not truncated
+    short, truncated = reward_models.encode(tok, prompt, "it is wet .", "flat", max_length=6)
+    assert truncated and tok.convert_ids_to_tokens(short) == ["[CLS]", "system", "be", "brief", ".", "[SEP]"]
+    from rlft.config import compose
+
+    for cell in ("paper_if_rm_distilbert", "paper_if_rm_siamese_distilbert", "paper_if_rloo_distilbert",
+                 "paper_if_rloo_siamese_distilbert_lora"):  # trained and rewarded on the same input
+        assert compose([f"experiment={cell}"]).reward_model.format == "flat", cell
+
+
+@pytest.mark.parametrize("targets,expected", [("scaled", [0.0, -1.0]), ("raw", [5.5, 1.0])])
+def test_regression_targets_are_rescaled_or_the_authors_raw_scores(targets, expected):
+    """rm_loss=regression fits r(chosen), r(rejected) to score_chosen, score_rejected: on -1..1
+    (rlft's) or on the raw 1..10 scale (rm_loss.trainer.targets=raw, experiment=paper_if_rm_distilbert)."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    import torch
+
+    from rlft.config import compose
+
+    rewards = torch.tensor([[0.5], [0.25]])  # r(chosen), r(rejected)
+    fake = SimpleNamespace(targets=targets, _metrics={"train": defaultdict(list)})
+    inputs = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "score_chosen": torch.tensor([5.5]),
+              "score_rejected": torch.tensor([1.0])}
+
+    class Model(torch.nn.Module):
+        def forward(self, **kw):
+            return SimpleNamespace(logits=rewards)
+
+    model = Model().train()
+    loss = reward_models.RegressionRewardTrainer.compute_loss(fake, model, inputs)
+    assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(rewards[:, 0], torch.tensor(expected)).item())
+    assert compose(["experiment=paper_if_rm_distilbert"]).rm_loss.trainer.targets == "raw"
+    assert compose(["stage=rm", "rm_loss=regression"]).rm_loss.trainer.targets == "scaled"
 
 
 @pytest.mark.parametrize("backbone", ["tiny", "tiny_deberta"])

@@ -65,7 +65,8 @@ def main(cfg) -> tuple[dict | None, dict]:
     card = {
         "base_model": path,
         "variant": cfg.rm_loss.name,
-        "input_format": f"{rm.format}, max {rm.max_length} tokens, left-truncated ({truncated} sides truncated)",
+        "input_format": f"{rm.format}, max {rm.max_length} tokens, {'right' if rm.format == 'flat' else 'left'}-truncated "
+                        f"({truncated} sides truncated)",
         "train_pairs": len(train_dataset),
         "steps": trainer.state.global_step,
         "learning_rate": args.learning_rate,
