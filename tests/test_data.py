@@ -51,6 +51,19 @@ def test_smoltalk_keeps_a_rows_own_system_turn_and_cuts_to_the_first_exchange(tm
         str(write_jsonl(tmp_path / "w.jsonl", [{"query": "q", "completion": "c"}])))) == "0"
 
 
+def test_smoltalk_drops_rows_that_open_with_a_system_turn_as_the_authors_did(tmp_path):
+    """experiment=paper_if_sft: only rows that open with a user turn, each under the paper's prompt."""
+    from rlft.config import compose
+
+    path = write_jsonl(tmp_path / "smol.jsonl", smoltalk_rows())
+    ds = data.first_turn_sft_dataset(str(path), system_prompt=DEFAULT, min_kept_fraction=0.1, system_rows="drop")
+    assert [row["messages"][0]["content"] for row in ds] == [DEFAULT, DEFAULT]
+    assert ds.dropped["opens with a system turn (system_rows=drop)"] == 1
+    assert compose(["experiment=paper_if_sft"]).data.sft_dataset.system_rows == "drop"
+    assert compose(["experiment=paper_if_sft_lora"]).data.sft_dataset.system_rows == "drop"
+    assert compose(["data=smoltalk"]).data.sft_dataset.system_rows == "keep"
+
+
 def test_smoltalk_stops_only_when_too_few_rows_survive(tmp_path):
     path = write_jsonl(tmp_path / "smol.jsonl", smoltalk_rows())  # 3 of 11 trainable
     with pytest.raises(UserError) as e:

@@ -17,6 +17,7 @@ import json
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import datasets
 import pyarrow.parquet as pq
@@ -99,11 +100,14 @@ def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
 
 
 def first_turn_sft_dataset(path: str, split: str = "train", system_prompt: str | None = None,
-                           max_rows: int | None = None, min_kept_fraction: float = 0.5):
+                           max_rows: int | None = None, min_kept_fraction: float = 0.5,
+                           system_rows: Literal["keep", "drop"] = "keep"):
     """SmolTalk-style chats ({"messages": [...]}) cut to [system, first user, first assistant].
 
     A row's own system turn is kept verbatim (smol-smoltalk's rewrite/summarise rows carry their
-    instruction there); `system_prompt` goes only to rows without one. Rows that cannot be trained
+    instruction there); `system_prompt` goes only to rows without one. system_rows="drop" drops
+    rows that open with a system turn instead, as the paper's authors did (experiment=paper_if_sft*):
+    every row then trains under `system_prompt`. Rows that cannot be trained
     on are dropped and counted by reason in the dataset's `dropped` (the SFT model card reports
     it); fewer than `min_kept_fraction` of the rows surviving stops the run (wrong schema, most
     likely).
@@ -114,6 +118,8 @@ def first_turn_sft_dataset(path: str, split: str = "train", system_prompt: str |
     out, dropped = [], Counter()
     for row in rows:
         turns, reason = _first_exchange(row.get("messages"))
+        if not reason and system_rows == "drop" and turns[0]["role"] == "system":
+            reason = "opens with a system turn (system_rows=drop)"
         if reason:
             dropped[reason] += 1
         else:
