@@ -39,6 +39,7 @@ def test_rloo_countdown_cli_contract(tmp_path, run_cli, countdown_sft, peft):
     card = (run_dir / "model" / "README.md").read_text()
     assert "rlft.rloo.RLOOTrainer" in card and "k: 4" in card
     assert "old_logps: sampler" in card  # beta 0.03, on-policy: recorded while sampling (LoRA too)
+    assert "prompts_dropped_over_length: 0 over " in card
 
 
 @pytest.mark.parametrize("override,trainer", [("stage.algorithm._target_=trl.RLOOTrainer", "trl.RLOOTrainer"),
@@ -97,3 +98,31 @@ def test_a_reward_that_never_scores_stops_the_run_in_one_line(tmp_path, run_cli,
     assert "reward countdown scored no sample in 2 batches in a row" in lines[0]
     assert "no nums, target column for the countdown task" in lines[0]
     assert not (run_dir / "DONE").exists() and not (run_dir / "model").exists()
+
+
+def test_prompts_past_the_cap_or_the_models_positions_are_dropped_and_counted(tiny_base):
+    """TRL 1.16 has no prompt cap: rlft keeps prompts of at most stage.max_prompt_length tokens
+    (chat template applied) that leave max_completion_length positions free; none left is one line."""
+    from types import SimpleNamespace
+
+    import datasets
+
+    from rlft import models
+    from rlft.config import compose
+    from rlft.errors import UserError
+    from rlft.stages.rloo import _cap_prompts
+
+    tok = models.load_tokenizer(tiny_base, "chatml")
+    rows = [{"prompt": [{"role": "user", "content": "1 + 2 " * n}]} for n in (1, 5, 40, 200)]
+    lengths = [len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, return_dict=False)) for r in rows]
+    ds = datasets.Dataset.from_list(rows)
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=10_000))
+    cap = lengths[2]
+    kept, dropped, at = _cap_prompts(ds, tok, model, compose(["stage=rloo", f"stage.max_prompt_length={cap}"]))
+    assert (len(kept), dropped, at) == (3, 1, cap) and kept[2] == rows[2]
+    short = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=lengths[1] + 256))  # 256 new tokens
+    kept, dropped, at = _cap_prompts(ds, tok, short, compose(["stage=rloo", "stage.max_prompt_length=null"]))
+    assert (len(kept), dropped, at) == (2, 2, lengths[1])
+    with pytest.raises(UserError) as e:
+        _cap_prompts(ds, tok, model, compose(["stage=rloo", "stage.max_prompt_length=3"]))
+    assert str(e.value).startswith("stage.max_prompt_length=3: all 4 prompts of data.prompt_dataset are longer than 3")

@@ -40,6 +40,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     model = models.load_causal_lm(path, cfg.model.dtype, cfg.peft.quantization)
     models.end_turns_at_stop_ids(model, tokenizer)  # the completion mask ends at <|im_end|> too
     peft_config = build(cfg.peft.config) if cfg.peft.get("config") else None
+    train_dataset, too_long, cap = _cap_prompts(train_dataset, tokenizer, model, cfg)
 
     # 4. trainer: rlft.rloo.RLOOTrainer (or stock trl.RLOOTrainer) from stage.algorithm; every TRL
     # knob from stage.trainer (trl.RLOOConfig); generation stops at the end of the assistant turn
@@ -84,6 +85,7 @@ def main(cfg) -> tuple[dict | None, dict]:
         "old_logps": getattr(trainer, "old_logps_source", "forward"),  # rlft: sampler | forward | unused (beta 0)
         "rewards": dict(zip(names, weights)),
         "train_prompts": len(train_dataset),
+        "prompts_dropped_over_length": f"{too_long} over {cap} tokens",
         "steps": trainer.state.global_step,
         "k": args.num_generations,
         "objective": cfg.stage.algorithm.get("objective", "mean"),  # mean | pass_at_k (rlft.rloo)
@@ -95,3 +97,24 @@ def main(cfg) -> tuple[dict | None, dict]:
         "temperature": args.temperature,
     }
     return results, card
+
+
+def _cap_prompts(dataset, tokenizer, model, cfg):
+    """The prompts RLOO can sample from: those of at most stage.max_prompt_length tokens (chat
+    template applied), and short enough that max_completion_length more fit the model's positions
+    (TRL 1.16 has no prompt cap: one long prompt would blow the memory the batch was sized for).
+    The rest are dropped and counted in the model card; none left is one line naming the key."""
+    completion = cfg.stage.trainer.max_completion_length
+    positions = getattr(model.config, "max_position_embeddings", None)
+    limits = [x for x in (cfg.stage.max_prompt_length, positions - completion if positions else None) if x]
+    if not limits:
+        return dataset, 0, None
+    cap = min(limits)
+    lengths = [len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=False)
+                   if isinstance(row["prompt"], list) else tokenizer(row["prompt"])["input_ids"]) for row in dataset]
+    keep = [i for i, n in enumerate(lengths) if n <= cap]
+    if not keep:
+        raise UserError(f"stage.max_prompt_length={cfg.stage.max_prompt_length}: all {len(lengths)} prompts of "
+                        f"data.prompt_dataset are longer than {cap} tokens (the shortest has {min(lengths)}; "
+                        f"max_position_embeddings {positions}, stage.trainer.max_completion_length {completion})")
+    return (dataset.select(keep) if len(keep) < len(lengths) else dataset), len(lengths) - len(keep), cap
