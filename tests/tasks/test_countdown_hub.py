@@ -183,7 +183,8 @@ def test_heldout_and_best_of_n_results_name_their_rule(scorer, accuracy):
     assert evaluate.heldout(Policy(), Tokenizer(), problems, countdown.Countdown())["scorer"] == "rlft"
 
 
-def test_paper_math_bon_scores_by_the_last_line_at_512_tokens(tmp_path, monkeypatch):
+def _paper_math_bon(tmp_path, monkeypatch, *overrides):
+    """stage=bon under experiment=paper_math_bon on 5 hub problems, the Policy above as the model."""
     from rlft import models
     from rlft.stages import bon
 
@@ -192,7 +193,13 @@ def test_paper_math_bon_scores_by_the_last_line_at_512_tokens(tmp_path, monkeypa
     monkeypatch.setattr(models, "load_tokenizer", lambda path, chat_template=None: Tokenizer())
     monkeypatch.setattr(models, "load_causal_lm", lambda path, dtype="float32", **kw: policy)
     hub = write_jsonl(tmp_path / "tasks.jsonl", tasks_rows(20))
-    results, _ = bon.main(compose("experiment=paper_math_bon", f"data.heldout.path={hub}", "num_prompts=5", "n=2"))
+    results, _ = bon.main(compose("experiment=paper_math_bon", f"data.heldout.path={hub}", "num_prompts=5", "n=2",
+                                  *overrides))
+    return policy, results
+
+
+def test_paper_math_bon_scores_by_the_last_line_at_512_tokens(tmp_path, monkeypatch):
+    policy, results = _paper_math_bon(tmp_path, monkeypatch)
     json.dumps(results)  # results.json as written
     for part in ("greedy", "sampled"):
         assert results[part]["scorer"] == "tinyzero" and results[part]["max_new_tokens"] == 512
@@ -206,16 +213,7 @@ def test_paper_math_bon_scores_by_the_last_line_at_512_tokens(tmp_path, monkeypa
 
 
 def test_paper_math_scores_greedily_one_switch_away(tmp_path, monkeypatch):
-    from rlft import models
-    from rlft.stages import bon
-
-    policy = Policy()
-    monkeypatch.setattr(models, "resolve_model_path", lambda model_cfg, init_from=None: "policy")
-    monkeypatch.setattr(models, "load_tokenizer", lambda path, chat_template=None: Tokenizer())
-    monkeypatch.setattr(models, "load_causal_lm", lambda path, dtype="float32", **kw: policy)
-    hub = write_jsonl(tmp_path / "tasks.jsonl", tasks_rows(20))
-    results, _ = bon.main(compose("experiment=paper_math_bon", f"data.heldout.path={hub}", "num_prompts=5", "n=2",
-                                  "data.evaluate.decoding=null"))
+    policy, results = _paper_math_bon(tmp_path, monkeypatch, "data.evaluate.decoding=null")
     assert policy.decoding[0] == (False, 1.0, 1.0, 1.0) and results["greedy"]["decoding"] == "greedy"
 
 
