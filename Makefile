@@ -70,7 +70,11 @@ real-if: setup
 # PAPER_ARGS go to every step; SFT_ARGS/RM_ARGS/DPO_ARGS/RLOO_ARGS/BON_ARGS/WINRATE_ARGS to that
 # stage's steps, SMOLTALK_ARGS/WARMSTART_ARGS/COUNTDOWN_ARGS/UF_PROMPT_ARGS to the steps tagged with
 # that data, as rlft pipeline's TAG:KEY=VALUE (one word each); REPORT_NOTE heads both reports.
+# Disk: a full-parameter cell keeps up to save_total_limit=2 checkpoints of ~6 GB (weights and
+# AdamW's moments) while it trains; KEEP_CHECKPOINTS=false (the default here) drops them once the
+# cell is DONE, leaving its ~2 GB model/ (docs/paper.md: ~45 GB for both tables, ~130 GB kept; estimated).
 JUDGE_URL ?=
+KEEP_CHECKPOINTS ?= false
 IF_EVAL ?= paper_if_winrate
 PAPER_ARGS ?=
 SFT_ARGS ?=
@@ -86,7 +90,7 @@ UF_PROMPT_ARGS ?=
 REPORT_NOTE ?=
 # $(call to,TAG,ARGS): each override in ARGS for the steps tagged TAG only
 to = $(addprefix $(1):,$(2))
-PAPER_PIPELINE = $(strip runs_dir=$(RUNS) $(PAPER_ARGS) $(if $(ACCELERATE),--launcher "$(ACCELERATE)") \
+PAPER_PIPELINE = $(strip runs_dir=$(RUNS) keep_checkpoints=$(KEEP_CHECKPOINTS) $(PAPER_ARGS) $(if $(ACCELERATE),--launcher "$(ACCELERATE)") \
 	$(if $(REPORT_NOTE),--note "$(REPORT_NOTE)"))
 PAPER_MATH_ARGS = $(strip $(call to,sft,$(SFT_ARGS)) $(call to,rloo,$(RLOO_ARGS)) $(call to,bon,$(BON_ARGS)) \
 	$(call to,warmstart,$(WARMSTART_ARGS)) $(call to,countdown,$(COUNTDOWN_ARGS)))
@@ -118,7 +122,7 @@ R_TRAIN := stage.trainer.logging_steps=1 stage.trainer.gradient_accumulation_ste
 R_SFT := $(R_TRAIN) stage.trainer.per_device_train_batch_size=1 stage.trainer.max_length=256 \
 	stage.trainer.warmup_steps=0
 R_DATA := data.evaluate.max_new_tokens=8 data.heldout.n=2
-REHEARSE_ARGS := PAPER_ARGS="max_steps=1 report_to=[] keep_checkpoints=false" \
+REHEARSE_ARGS := PAPER_ARGS="max_steps=1 report_to=[]" \
 	SFT_ARGS="$(R_SFT)" WARMSTART_ARGS="data.sft_dataset.max_rows=16 $(R_DATA)" \
 	SMOLTALK_ARGS="data.sft_dataset.max_rows=16" COUNTDOWN_ARGS="$(R_DATA) data.sft_dataset.n=16 data.prompt_dataset.n=8" \
 	RM_ARGS="stage.trainer.logging_steps=1 stage.trainer.per_device_train_batch_size=2 reward_model.max_length=64 data.preference_dataset.max_rows=8 \

@@ -48,6 +48,14 @@ def tiny_base(rlft_cache) -> str:
     return instantiate(compose(["model=tiny"]).model.build)
 
 
+def error_line(stderr: str) -> str:
+    """The one error line of a failed run (progress bars may precede it; tracebacks may not)."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("rlft: error: ")]
+    assert len(errors) == 1, stderr[-3000:]
+    return errors[0]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     import json
 

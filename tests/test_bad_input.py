@@ -5,8 +5,7 @@ written as complete (no DONE, no results.json, no model/). README's catalogue li
 import json
 
 import pytest
-from conftest import write_jsonl
-from test_cli import error_line
+from conftest import error_line, write_jsonl
 
 
 def _files(tmp):
@@ -26,6 +25,8 @@ def _files(tmp):
         for f in files:
             (tmp / name / f).write_text("")
     (tmp / "unfinished" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (tmp / "a_run" / "model").mkdir(parents=True)  # a run dir, not the model dir inside it
+    (tmp / "a_run" / "model" / "config.json").write_text("{}")
     # rows that all parse but hold nothing to learn from
     write_jsonl(tmp / "blank.jsonl", [{"query": "", "completion": ""}, {"query": "  ", "completion": "\n"}])
     write_jsonl(tmp / "blank_chat.jsonl", [{"messages": [{"role": "user", "content": ""},
@@ -33,6 +34,15 @@ def _files(tmp):
     empty_turn = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
     write_jsonl(tmp / "blank_pairs.jsonl", [{"chosen": empty_turn, "rejected": empty_turn, "score_chosen": 1.0,
                                              "score_rejected": 0.0}] * 2)
+    same = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi"}]
+    good = {"chosen": same, "rejected": [same[0], {"role": "assistant", "content": "no"}], "score_chosen": 2.0,
+            "score_rejected": 1.0}
+    write_jsonl(tmp / "uf_strings.jsonl", [good, {**good, "chosen": "hi"}])
+    write_jsonl(tmp / "uf_score.jsonl", [good, good, {**good, "score_chosen": "high"}])
+    write_jsonl(tmp / "uf_nan.jsonl", [good, {**good, "score_rejected": float("nan")}])
+    write_jsonl(tmp / "uf_no_content.jsonl", [{**good, "rejected": [same[0], {"role": "assistant"}]}])
+    write_jsonl(tmp / "same_pairs.jsonl", [{"chosen": same, "rejected": same, "score_chosen": 2.0,
+                                            "score_rejected": 1.0}] * 3)
 
 
 WARM = "data=countdown_warmstart"
@@ -99,6 +109,9 @@ CATALOGUE = [
      "stage.trainer.num_train_epochs=0: with max_steps=-1 a run trains num_train_epochs; set it > 0"),
     ("bon sampling at temperature 0", ["stage=bon", "data=countdown", "init_from={base}", "temperature=0", "n=4",
                                        "num_prompts=2"], "temperature=0 with n=4: stage=bon samples n answers"),
+    ("winrate temperature that is not a number (unused without select=reward: a typo all the same)",
+     ["stage=winrate", "data=ifcheck", "init_from={base}", "reference={base}", "temperature=hot"],
+     "temperature: expected a number, got 'hot'"),
     ("data file whose rows are all empty (query/completion)", [WARM, "data.sft_dataset.path={tmp}/blank.jsonl"],
      "blank.jsonl: no usable rows: all 2 rows dropped (2 empty turn)"),
     ("data file whose rows are all empty (chats)", ["data=smoltalk", "data.sft_dataset.path={tmp}/blank_chat.jsonl"],
@@ -106,6 +119,31 @@ CATALOGUE = [
     ("data file whose rows are all empty (preference pairs)", ["stage=dpo", "data=ultrafeedback",
                                                                "data.preference_dataset.path={tmp}/blank_pairs.jsonl"],
      "blank_pairs.jsonl: no usable rows: all 2 rows dropped (2 empty turn)"),
+    ("UltraFeedback row whose chosen is a string", ["stage=dpo", "data=ultrafeedback",
+                                                    "data.preference_dataset.path={tmp}/uf_strings.jsonl"],
+     "uf_strings.jsonl: row 1: 'chosen' must be a message list ending with an assistant turn"),
+    ("UltraFeedback row whose score is not a number", ["stage=rm", "data=ultrafeedback", "rm_loss=regression",
+                                                       "data.preference_dataset.path={tmp}/uf_score.jsonl"],
+     "uf_score.jsonl: row 2: 'score_chosen' must be a finite number, got 'high'"),
+    ("UltraFeedback row whose score is NaN", ["stage=rm", "data=ultrafeedback", "rm_loss=regression",
+                                              "data.preference_dataset.path={tmp}/uf_nan.jsonl"],
+     "uf_nan.jsonl: row 1: 'score_rejected' must be a finite number, got nan"),
+    ("UltraFeedback message without content", ["stage=dpo", "data=ultrafeedback",
+                                               "data.preference_dataset.path={tmp}/uf_no_content.jsonl"],
+     "uf_no_content.jsonl: row 0: 'rejected' message 1 must be an object with 'role' and 'content', got "
+     '{{"role": "assistant"}}'),
+    ("preference pairs whose chosen answer is the rejected one", ["stage=dpo", "data=ultrafeedback",
+                                                                 "data.preference_dataset.path={tmp}/same_pairs.jsonl"],
+     "same_pairs.jsonl: no usable rows: all 3 rows dropped (3 chosen same as rejected)"),
+    ("init_from a run dir", ["init_from={tmp}/a_run"], "init_from: '{tmp}/a_run' is a run dir, not a model dir; "
+                                                         "did you mean init_from={tmp}/a_run/model?"),
+    ("init_from a weights file", ["init_from={base}/model.safetensors"],
+     "init_from: '{base}/model.safetensors' is a file; init_from takes the model dir that holds it (init_from={base})"),
+    ("chat template typo", ["model.chat_template=chatlm"], "model.chat_template: 'chatlm' is not a template rlft knows"),
+    ("batch size 0", ["stage.trainer.per_device_train_batch_size=0"],
+     "stage.trainer.per_device_train_batch_size=0: must be an integer >= 1"),
+    ("data n=0", ["data=countdown_tiny", "data.sft_dataset.n=0"], "data.sft_dataset.n=0: the number of rows"),
+    ("wandb without the package", ["report_to=[tensorboard,wandb]"], "report_to: wandb is not installed"),
     ("judge reward model path unset", ["stage=winrate", "data=ifcheck", "judge=reward_model", "init_from={base}",
                                        "reference={base}", "num_prompts=2"], "judge.path"),
 ]
@@ -120,7 +158,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_complete(case, overrides, expe
     run_dir = next(a[len("run_dir="):] for a in args if a.startswith("run_dir="))
     code, _, err = run_cli("train", *args)
     assert code == 2, err
-    assert expected in error_line(err)
+    assert expected.format(tmp=tmp_path, base=tiny_base) in error_line(err)
     from pathlib import Path
 
     if case not in ("finished run dir without overwrite",):
@@ -179,6 +217,21 @@ def test_non_finite_weights_are_never_saved_and_the_run_they_would_replace_is_ke
     assert (kept / "DONE").exists() and {p.name: p.read_bytes() for p in (kept / "model").iterdir()} == old
 
 
+def test_learning_rate_zero_trains_to_done_and_says_the_weights_did_not_change(tmp_path, run_cli, tiny_base):
+    """lr 0 is legal (the start model through the training path) but never silent: one line, and the card."""
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli("train", "data=countdown_tiny", "data.sft_dataset.n=16", "data.evaluate=null", "max_steps=2",
+                           "report_to=[]", "stage.trainer.per_device_train_batch_size=4", "stage.trainer.warmup_steps=0",
+                           "stage.trainer.learning_rate=0", f"init_from={tiny_base}", f"run_dir={run_dir}")
+    assert code == 0, err
+    said = "stage.trainer.learning_rate=0: the optimizer steps leave every weight as it started"
+    assert f"rlft: {said}" in err and f"- learning_rate: {said}" in (run_dir / "model" / "README.md").read_text()
+    before, after = load_file(f"{tiny_base}/model.safetensors"), load_file(run_dir / "model" / "model.safetensors")
+    assert all((before[k] == after[k]).all() for k in before)
+
+
 CANARY = "sk-canary0123456789abcdefCANARY"
 
 
@@ -192,7 +245,7 @@ def test_a_key_in_the_config_is_refused_and_reaches_no_file_and_no_console(overr
     code, out, err = run_cli("train", "stage=winrate", "data=ifcheck", "judge=endpoint", f"init_from={tiny_base}",
                              f"reference={tiny_base}", "num_prompts=2", override, f"run_dir={run_dir}")
     assert code == 2, err
-    assert expected in error_line(err)
+    assert expected.format(tmp=tmp_path, base=tiny_base) in error_line(err)
     assert CANARY not in out and CANARY not in err
     assert not run_dir.exists()  # refused before the run dir is made
     for f in tmp_path.rglob("*"):

@@ -4,15 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import error_line
+
 RLFT = str(Path(sys.executable).parent / "rlft")
-
-
-def error_line(stderr: str) -> str:
-    """The one error line of a failed run (progress bars may precede it; tracebacks may not)."""
-    assert "Traceback" not in stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("rlft: error: ")]
-    assert len(errors) == 1, stderr
-    return errors[0]
 
 
 def test_help_is_instant_and_imports_no_torch():
@@ -71,3 +65,30 @@ def test_run_dir_that_is_not_ours_is_never_touched(run_cli, tmp_path):
     code, _, err = run_cli("train", f"run_dir={precious}", "overwrite=true", "max_steps=1")
     assert code == 2 and "not an rlft run dir" in error_line(err)
     assert sorted(p.name for p in precious.iterdir()) == ["config.yaml.bak", "notes.txt"]
+
+
+def test_the_vllm_extra_is_pinned_so_it_keeps_the_pinned_torch():
+    """`pip install -e .[vllm]` unpinned takes the newest vllm, which pins a newer torch and would
+    replace the one rlft pins (vllm 0.32.0 is the last built on torch 2.13.0; issue 21 item 12)."""
+    import tomllib
+
+    from conftest import REPO
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    torch_pin = next(r for r in project["dependencies"] if r.startswith("torch"))
+    assert torch_pin == "torch==2.13.0"  # if this moves, re-pin vllm to the release built on it
+    assert project["optional-dependencies"]["vllm"] == ["vllm==0.32.0"]
+
+
+def test_training_prints_one_line_per_log_step_under_a_bar_named_after_the_stage(run_cli, tmp_path, tiny_base):
+    """The log records' dicts go to metrics.jsonl; the console gets step/total, the numbers that
+    exist, tokens/s (from the second log on) and an ETA, then one closing line."""
+    code, out, err = run_cli("train", "stage=sft", "data=countdown_tiny", f"init_from={tiny_base}", "max_steps=3",
+                             "data.sft_dataset.n=32", "data.evaluate=null", "stage.trainer.logging_steps=1",
+                             "report_to=[]", f"run_dir={tmp_path / 'run'}")
+    assert code == 0, err
+    lines = [line.split("rlft sft  ", 1)[1] for line in out.splitlines() if "rlft sft  " in line]
+    assert [line.split("  ")[0] for line in lines[:3]] == ["step 1/3", "step 2/3", "step 3/3"] and len(lines) == 4
+    assert lines[0].startswith("step 1/3  loss ") and " grad " in lines[0] and " lr " in lines[0] and "ETA " in lines[0]
+    assert " tok/s  ETA " in lines[2] and lines[3].startswith("done: 3 steps in ") and "train_loss " in lines[3]
+    assert "{'loss'" not in out + err and "rlft sft:" in err  # the bar, named after the stage

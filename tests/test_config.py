@@ -319,3 +319,29 @@ def test_one_process_with_several_gpus_visible_is_refused_before_any_work(tmp_pa
     config.validate(config.compose(["stage=rm", "stage.train=false"]))
     monkeypatch.setattr(config, "world_size", lambda: 4)  # accelerate launch --num_processes 4
     config.validate(config.compose(["stage=dpo", f"init_from={tiny_base}"]))
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo", "rloo"])
+def test_ddp_does_not_search_for_unused_parameters(stage):
+    """Every parameter a stage trains gets a gradient each step, so HF's DDP default
+    (find_unused_parameters=True: an extra autograd traversal per step) is switched off in the
+    TRL config itself (issue 21 item 12); the 2-rank tests in test_multiprocess.py train with it."""
+    from transformers import TrainingArguments
+
+    cfg = config.compose([f"stage={stage}", "data=ifcheck" if stage in ("rm", "dpo") else "data=countdown"])
+    args = config.build(cfg.stage.trainer, output_dir="/tmp/unused", report_to=[], use_cpu=True, bf16=False)
+    assert isinstance(args, TrainingArguments) and args.ddp_find_unused_parameters is False
+
+
+@pytest.mark.parametrize("cell,says", [
+    ("paper_math_sft_lora", "settings inferred"), ("paper_if_rloo_deberta_lora", "settings inferred"),
+    ("paper_if_rloo_distilbert", "settings inferred"), ("paper_if_rloo_siamese_distilbert", "settings inferred"),
+    ("paper_math_sft_synthetic", "in place of the paper's GPT-4o data"), ("paper_math_rloo", "extension"),
+])
+def test_paper_cells_that_are_not_the_authors_say_so_in_the_report(cell, says):
+    """The report names a run by its label: a cell without the authors' script, or with other data
+    than theirs, must not read as the paper's row (issue 21 item 11)."""
+    cfg = config.compose([f"experiment={cell}"])
+    assert cfg.label.startswith(cell + " (") and says in cfg.label
+    if cell.startswith("paper_if_rloo_") and not cell.endswith("_lora"):  # its LoRA twin has the authors' script
+        assert config.compose([f"experiment={cell}_lora"]).label is None

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_cli import error_line
+from conftest import error_line
 
 from rlft import models
 from rlft.errors import UserError
@@ -243,6 +243,59 @@ def test_weights_missing_from_a_causal_lm_are_refused(pristine, tmp_path):
     with pytest.raises(UserError, match=r"headless': 1 weight missing from the checkpoint \(lm_head.weight\), "
                                         r"expected a complete causal LM"):
         models.load_causal_lm(str(model_dir))
+
+
+def test_a_config_of_another_architecture_over_the_weights_is_refused(pristine, tmp_path):
+    """A Llama config.json over Qwen2 weights loads (same names, same shapes) but has no q/k/v
+    biases: transformers drops them as unexpected and the model would train without them."""
+    model_dir = tmp_path / "llama_over_qwen2"
+    shutil.copytree(pristine["lm"], model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"llama_over_qwen2': 3 weights of the checkpoint have no place in "
+                                        r"LlamaForCausalLM \(model.layers.0.self_attn.k_proj.bias, "
+                                        r"model.layers.0.self_attn.q_proj.bias, model.layers.0.self_attn.v_proj.bias\): "
+                                        r"its config.json \(model_type 'llama'\) does not describe these weights"):
+        models.load_causal_lm(str(model_dir))
+
+
+def test_weights_of_other_sizes_than_config_json_are_one_line(pristine, tmp_path):
+    model_dir = tmp_path / "resized"
+    shutil.copytree(pristine["lm"], model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"resized': its weights' sizes do not match its config.json"):
+        models.load_causal_lm(str(model_dir))
+
+
+def test_a_chat_template_of_its_own_is_required_when_model_chat_template_is_null(pristine, tmp_path):
+    model_dir = tmp_path / "no_template"
+    shutil.copytree(pristine["lm"], model_dir)
+    (model_dir / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    assert models.load_tokenizer(str(model_dir), None).chat_template is None  # a reward model's: no chats
+    with pytest.raises(UserError, match=r"model.chat_template=null keeps the model's own chat template, and "
+                                        r"'.*no_template' has none; use model.chat_template=chatml"):
+        models.load_tokenizer(str(model_dir), None, chat=True)
+    assert models.load_tokenizer(str(model_dir), "chatml", chat=True).chat_template
+
+
+def test_init_from_a_lora_adapter_points_at_the_merged_model(tmp_path):
+    """A LoRA run writes adapter/ and the merged model/; transformers would load the adapter frozen
+    on its base and training would fail deep in autograd."""
+    from omegaconf import OmegaConf
+
+    (tmp_path / "run" / "adapter").mkdir(parents=True)
+    (tmp_path / "run" / "adapter" / "adapter_config.json").write_text("{}")
+    (tmp_path / "run" / "model").mkdir()
+    (tmp_path / "run" / "model" / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=rf"adapter' is a LoRA adapter; rlft starts from a whole model dir \(its run's "
+                                        rf"merged model: init_from={tmp_path}/run/model\)"):
+        models.resolve_model_path(OmegaConf.create({}), str(tmp_path / "run" / "adapter"))
 
 
 def test_a_classifier_with_two_outputs_is_not_a_reward_model(pristine, tmp_path):

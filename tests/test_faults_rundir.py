@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import state_dict
+from conftest import error_line, state_dict
 
 from rlft.rundir import checkpoint_problem, checkpoints
 
@@ -39,13 +39,6 @@ def _steps(run_dir: Path) -> list[int]:
     """The step column of metrics.jsonl, less the end-of-training summary."""
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["step"] for r in records if "train_runtime" not in r]
-
-
-def _error_line(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr[-3000:]
-    errors = [line for line in stderr.splitlines() if line.startswith("rlft: error: ")]
-    assert len(errors) == 1, stderr[-3000:]
-    return errors[0]
 
 
 @pytest.mark.smoke
@@ -74,9 +67,9 @@ def test_a_second_run_stops_at_once_and_overwrite_keeps_the_old_run_until_the_ne
         # C: the same command again, a real process; D: another config, no overwrite
         c = subprocess.run([*RLFT, "train", *new, "overwrite=true"], capture_output=True, text=True, timeout=600)
         assert c.returncode == 2, c.stderr[-3000:]
-        assert f"run_dir '{run_dir}' is in use by another run (pid {b.pid} on " in _error_line(c.stderr)
+        assert f"run_dir '{run_dir}' is in use by another run (pid {b.pid} on " in error_line(c.stderr)
         code, _, err = run_cli("train", *SFT, "max_steps=2", "seed=2", f"run_dir={run_dir}")
-        assert code == 2 and f"(pid {b.pid} on " in _error_line(err)
+        assert code == 2 and f"(pid {b.pid} on " in error_line(err)
         assert _files(tmp_path) == before  # neither touched B's files (nor the old run)
     finally:
         os.kill(b.pid, signal.SIGCONT)
@@ -88,7 +81,7 @@ def test_a_second_run_stops_at_once_and_overwrite_keeps_the_old_run_until_the_ne
     assert not (run_dir / "DONE").exists() and "seed: 1" in (run_dir / "config.yaml").read_text()
     assert [p.name for p in checkpoints(run_dir)] == ["checkpoint-2"]
     code, _, err = run_cli("train", *new)
-    assert code == 2 and f"kept at {kept}" in _error_line(err)
+    assert code == 2 and f"kept at {kept}" in error_line(err)
 
     # resume=true finishes B's run; only then does the old one go; no step is logged twice
     code, _, err = run_cli("train", *new, "resume=true")
@@ -109,10 +102,10 @@ def test_a_plain_rerun_after_a_failed_overwrite_keeps_the_set_aside_run(tmp_path
     typo = [a for a in SFT if not a.startswith("data.sft_dataset.n=")] + [
         "data=countdown_warmstart", f"data.sft_dataset.path={tmp_path}/typo.jsonl"]
     code, _, err = run_cli("train", *typo, "max_steps=2", "overwrite=true", f"run_dir={run_dir}")
-    assert code == 2 and "typo.jsonl" in _error_line(err) and _files(kept / "model") == old_model
+    assert code == 2 and "typo.jsonl" in error_line(err) and _files(kept / "model") == old_model
 
     code, _, err = run_cli("train", *SFT, "max_steps=2", f"run_dir={run_dir}")
-    line = _error_line(err)
+    line = error_line(err)
     assert code == 2 and f"kept at {kept.resolve()}" in line and f"mv {kept.resolve()} {run_dir}" in line
     assert _files(kept / "model") == old_model and not (run_dir / "DONE").exists()
 
@@ -122,7 +115,7 @@ def test_a_plain_rerun_after_a_failed_overwrite_keeps_the_set_aside_run(tmp_path
     before = _files(other)
     code, _, err = run_cli("train", *SFT, "max_steps=2", f"init_from={other}/model", "overwrite=true",
                            f"run_dir={other}")
-    assert code == 2 and f"init_from={other}/model is inside run_dir" in _error_line(err)
+    assert code == 2 and f"init_from={other}/model is inside run_dir" in error_line(err)
     assert {k: v for k, v in _files(other).items() if k != ".rlft.lock"} == {
         k: v for k, v in before.items() if k != ".rlft.lock"} and not (tmp_path / ".other.previous").exists()
 
@@ -141,7 +134,9 @@ def test_disk_full_while_saving_a_checkpoint(tmp_path, run_cli, tiny_base):
         args = [*SFT, "max_steps=4", "stage.trainer.save_steps=1", f"run_dir={run_dir}"]
         proc = subprocess.run([*RLFT, "train", *args], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 2, proc.stderr[-3000:]
-        line = _error_line(proc.stderr)
+        line = error_line(proc.stderr)
+        for notice in ("Failed to load CPU gemm_4bit_forward", "Setting accelerator to CPU", "'pin_memory'"):
+            assert notice not in proc.stdout + proc.stderr  # a real process's console: no library noise (rlft.cli)
         cut_off = run_dir / "checkpoints" / "checkpoint-2"
         assert line.startswith(f"rlft: error: no space left on device writing {cut_off} (needs about "), line
         assert line.endswith(" free; the cut-off checkpoint was removed); free some space, then rerun with resume=true")
@@ -158,6 +153,37 @@ def test_disk_full_while_saving_a_checkpoint(tmp_path, run_cli, tiny_base):
     finally:
         if subprocess.run(["umount", str(run_dir)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(run_dir)], capture_output=True)
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # the writer thread's traceback
+def test_disk_full_under_tensorboard_names_its_dir_in_one_line(tmp_path, run_cli, tiny_base, monkeypatch):
+    """Once the run dir is set up, run_dir/tensorboard is a 4 KB tmpfs: TensorBoard's writer thread
+    fails and the main thread meets it at its next write; one line names the TensorBoard dir (not
+    model/, not run_dir), no thread traceback, nothing DONE."""
+    from rlft import rundir
+
+    run_dir = tmp_path / "run"
+    start = rundir.start
+
+    def start_then_fill(cfg):
+        out = start(cfg)
+        (run_dir / "tensorboard").mkdir()
+        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(run_dir / "tensorboard")],
+                               capture_output=True, text=True)
+        assert mount.returncode == 0, f"cannot mount a size-limited tmpfs (needs root): {mount.stderr.strip()}"
+        return out
+
+    monkeypatch.setattr(rundir, "start", start_then_fill)
+    try:
+        code, _, err = run_cli("train", *SFT, f"init_from={tiny_base}", "max_steps=6", "report_to=[tensorboard]",
+                               f"run_dir={run_dir}")
+        assert code == 2
+        line = error_line(err)
+        assert line.startswith(f"rlft: error: no space left on device writing {run_dir / 'tensorboard'} ("), line
+        assert "Exception in thread" not in err and not (run_dir / "DONE").exists()
+    finally:
+        if subprocess.run(["umount", str(run_dir / "tensorboard")], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(run_dir / "tensorboard")], capture_output=True)
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ def _serve(redirect_to: str | None = None):
       slow      length after 0.1 s, counting requests in flight
       auth      length if Authorization is "Bearer sekrit", else 401
       hang      answers after 2 s
+      held      answers only once the test has ended
       limited-S each response: HTTP 429 with "Retry-After: S" twice, then length; the response
                 "boom" is answered HTTP 500 once first (S may be "none": no Retry-After header)
       quota     always HTTP 429 with "Retry-After: 0"
@@ -113,6 +114,10 @@ def _serve(redirect_to: str | None = None):
             if mode == "auth":
                 ok = self.headers.get("Authorization") == "Bearer sekrit"
                 return (200, chat(f"reward:{length_reward(text)}")) if ok else (401, b'{"error": "bad key"}')
+            if mode == "held":  # until the test ends: a judge that never answers in time
+                state.stop.wait(60)
+                with state.lock:
+                    state.calls["held answered"] += 1
             if mode == "hang":
                 time.sleep(2)
                 return 200, chat("reward:0")
@@ -375,6 +380,31 @@ def test_a_redirect_is_refused_and_the_key_never_leaves_for_another_origin(serve
 
 
 # --------------------------------------------------------------------------- endpoint: bad replies
+
+def test_an_interrupt_returns_at_once_leaving_the_requests_in_flight(server):
+    """A second SIGTERM or Ctrl-C raises in the main thread while workers wait on the endpoint: the
+    run must stop then, not when the requests in flight come back (minutes with the defaults)."""
+    import signal
+
+    base, state = server
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(Interrupted):
+            scores(f"{base}/held", ["a", "b", "c"], concurrency=2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    with state.lock:
+        assert state.calls["held"] == 2 and state.calls["held answered"] == 0  # two in flight, none back
+
 
 def test_unparsable_reward_names_the_sample_and_quotes_the_reply(server):
     root, _ = server

@@ -133,6 +133,28 @@ def test_sft_ddp_two_ranks_train_as_one_process(tmp_path, sft_single, tiny_base)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_sft_over_two_machines_trains_as_one_process(tmp_path, sft_single, tiny_base):
+    """configs/accelerate/multi_node.yaml as a scheduler would run it: one `accelerate launch` per
+    machine (here two on 127.0.0.1, one CPU process each), machine rank, address and port passed
+    as flags. The batch rule holds across nodes: the world size counts every rank of every node."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "two_machines"
+    machines = [subprocess.Popen(
+        [ACCELERATE, "launch", "--config_file", str(REPO / "configs" / "accelerate" / "multi_node.yaml"),
+         "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+         "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+         "-m", "rlft", "train", *SFT, *DDP, f"run_dir={run}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [m.communicate(timeout=600) for m in machines]
+    for m, (out, err) in zip(machines, outputs):
+        assert m.returncode == 0, f"exit {m.returncode}\n{out[-3000:]}\n{err[-6000:]}"
+    assert_rank0_wrote_once(run, steps=3)
+    assert json.loads((run / "env.json").read_text())["world_size"] == 2
+    assert_same_training(sft_single, run, tiny_base)
+
+
 def test_dpo_ddp_two_ranks_train_as_one_process(tmp_path, run_cli, tiny_base):
     single, run = tmp_path / "single", tmp_path / "ddp"
     code, _, err = run_cli("train", *DPO, *SINGLE, f"init_from={tiny_base}", f"run_dir={single}")

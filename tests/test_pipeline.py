@@ -47,6 +47,25 @@ def test_pipeline_runs_in_order_skips_done_and_reports(tmp_path, run_cli, monkey
     assert "sft: done, skipped" in out and "bon: running" in out and "rloo: done, skipped" in out
     assert (tmp_path / "runs" / "mini_math" / "bon" / "results.json").read_text() == bon_results  # seeded
 
+    # A DONE step whose overrides changed is never reused as if it ran them: refused before any step
+    # runs, naming the step and the key; with overwrite=true only that step runs again.
+    code, out, err = run_cli(*args, "bon:n=2")
+    assert code == 2 and out == ""
+    assert ("rlft: error: pipeline step 'bon': runs/mini_math/bon is DONE with another config "
+            "than the pipeline gives it now: n (4 -> 2); pass bon:overwrite=true to rerun") in err, err
+    code, out, err = run_cli(*args, "bon:n=2", "bon:overwrite=true")
+    assert code == 0, err
+    assert "sft: done, skipped" in out and "bon: running" in out and "rloo: done, skipped" in out
+    assert "best_of_2_accuracy" in (tmp_path / "runs" / "mini_math" / "bon" / "results.json").read_text()
+
+    # A step that runs again makes the DONE steps built on it stale: they rerun after it.
+    done_before = (tmp_path / "runs" / "mini_math" / "rloo" / "DONE").stat().st_mtime_ns
+    code, out, err = run_cli(*args, "bon:n=2", "sft:max_steps=3", "sft:overwrite=true")
+    assert code == 0, err
+    assert "sft: running" in out and "bon: reruns, its input sft runs again" in out
+    assert "rloo: reruns, its input sft runs again" in out and "rloo: running" in out
+    assert (tmp_path / "runs" / "mini_math" / "rloo" / "DONE").stat().st_mtime_ns > done_before
+
 
 def test_pipeline_and_train_refuse_each_others_experiments(run_cli):
     code, _, err = run_cli("pipeline", "experiment=tiny_math_sft")
@@ -90,10 +109,11 @@ def makefile_plan(runs: str, if_eval: str) -> dict[str, tuple[bool, list[str]]]:
     plan = {}
 
     def cell(name, *args):  # $(call cell,...): under $(ACCELERATE)
-        plan[name] = (True, [f"experiment={name}", f"runs_dir={runs}", *v["PAPER_ARGS"], *args])
+        plan[name] = (True, [f"experiment={name}", f"runs_dir={runs}", "keep_checkpoints=false", *v["PAPER_ARGS"], *args])
 
     def bon(experiment, run, *args):  # $(call bon,...): one process
-        plan[run] = (False, [f"experiment={experiment}", f"run_name={run}", f"runs_dir={runs}", *v["PAPER_ARGS"], *args])
+        plan[run] = (False, [f"experiment={experiment}", f"run_name={run}", f"runs_dir={runs}", "keep_checkpoints=false",
+                             *v["PAPER_ARGS"], *args])
 
     cell("paper_math_sft", *v["SFT_ARGS"], *v["WARMSTART_ARGS"])
     cell("paper_math_sft_lora", *v["SFT_ARGS"], *v["WARMSTART_ARGS"])
@@ -241,6 +261,10 @@ def test_pipeline_targets_steps_by_stage_and_tag(tmp_path, run_cli):
                        "countdown, sft)"),
     (["bon:n=abc", "bon:nn=4"], "pipeline step 'bon': unknown config key 'nn' (did you mean 'n'?)"),
     (["report.runs=[sft]"], "report.runs: 'sft' is not a step of pipeline 'tagged' (sft_plain, bon)"),
+    # the last step's knobs are checked as `rlft train` checks them, before the first step runs
+    (["bon:stage.trainer.learning_rate=fast", "sft:stage.trainer.learning_rate=fast"],
+     "pipeline step 'sft_plain': stage.trainer.learning_rate: expected float, got 'fast'"),
+    (["bon:temperature=hot"], "pipeline step 'bon': temperature: expected a number, got 'hot'"),
 ])
 def test_pipeline_refuses_a_bad_plan_before_any_step_runs(overrides, message, tmp_path, run_cli):
     (tmp_path / "experiment").mkdir()
@@ -249,6 +273,36 @@ def test_pipeline_refuses_a_bad_plan_before_any_step_runs(overrides, message, tm
                              *overrides)
     assert code == 2 and f"rlft: error: {message}" in err, err
     assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["experiment"]
+
+
+EACH = TAGGED.replace("""  - name: bon
+    overrides: [experiment=tiny_math_bon, "init_from=${run_dir}/sft_${flavour}/model"]""", """  - each: [4, 8]
+    name: "bon{each}"
+    overrides: [experiment=tiny_math_bon, "init_from=${run_dir}/sft_${flavour}/model", "n={each}"]""").replace(
+    "runs: [bon]", "runs: [bon4, bon8]")
+
+
+def test_an_each_step_is_one_step_per_item_and_needs_each_in_its_name(run_cli, tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "each.yaml").write_text(EACH)
+    args = ("pipeline", "--config-dir", str(tmp_path), "experiment=each", f"runs_dir={tmp_path}")
+    code, out, err = run_cli(*args, "--dry-run")
+    assert code == 0, err
+    steps = out.splitlines()[1:3]
+    assert [line.split(" n=")[1].split()[0] for line in steps] == ["4", "8"] and f"run_dir={tmp_path / 'bon8'}" in steps[1]
+    (tmp_path / "experiment" / "each.yaml").write_text(EACH.replace('name: "bon{each}"', "name: bon"))
+    code, out, err = run_cli(*args)
+    assert code == 2 and "pipeline step 'bon': `each:` needs a list of items and a name holding {each}" in err, err
+
+
+def test_pipeline_passes_on_a_key_only_its_steps_know(run_cli, tmp_path):
+    """data.task.ifbench is in every real_if step (data=ifeval) but not in the root config the
+    pipeline itself composes (data=countdown): it goes to the steps, not refused."""
+    code, out, err = run_cli("pipeline", "experiment=real_if", "data.task.ifbench=false", f"runs_dir={tmp_path}",
+                             "--dry-run")
+    assert code == 0, err
+    steps = out.splitlines()[:-1]
+    assert len(steps) == 10 and all(" data.task.ifbench=false " in line for line in steps)
 
 
 def test_launched_step_that_fails_stops_the_pipeline_with_its_exit_code(tmp_path, run_cli):

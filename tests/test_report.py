@@ -1,5 +1,10 @@
 """rlft report's tables: every metric at any depth, and the headline numbers in the paper's layout."""
 
+import json
+
+import pytest
+from conftest import error_line
+
 from rlft import report
 
 
@@ -31,6 +36,16 @@ def test_nested_metrics_are_rows_and_headlines_pick_one_per_column():
     assert lines[2] == "| sft_bon | 0.400 [0.300, 0.500] | 0.300 [0.200, 0.400] | 0.900 [0.800, 1.000] (N=16) |  |  |"
     assert lines[3].endswith("| 0.550 [0.450, 0.650] |")  # the greedy win-rate, not best-of-4's
     assert lines[4] == "| rm |  |  |  | 0.990 [0.890, 1.090] |  |"
+
+
+def test_best_of_n_is_read_by_its_k_and_a_nested_pick_is_not_the_headline():
+    """A best-of-n record carries its n (k), so the report never reads it out of the metric's name;
+    the verifier's pick nested in a reward model's best-of-N is a row, not the run's headline."""
+    sampled = {"pass@1_accuracy": {**m(0.2), "k": 1}, "picked_accuracy": {**m(0.7), "k": 8},
+               "verifier": {"best_of_8_accuracy": {**m(0.9), "k": 8}}}
+    table = report.rows([_run("bon_rm", "bon", {"sampled": sampled})])
+    assert ("verifier.best_of_8_accuracy", 8) in {(r["metric"], r["k"]) for r in table}
+    assert report.summary(table).splitlines()[2] == "| bon_rm | 0.200 [0.100, 0.300] | 0.700 [0.600, 0.800] (N=8) |"
 
 
 def test_held_out_answers_that_were_sampled_are_not_headed_greedy():
@@ -87,8 +102,20 @@ def _run_dir(path, name, done=True, results=None):
     return str(path)
 
 
+@pytest.mark.parametrize("results,says", [
+    ({"greedy": {"accuracy": {"value": None, "ci95": [0.1, 0.2], "n": 4}}}, "greedy.accuracy.value is null, expected a number"),
+    ({"greedy": {"accuracy": {"value": 0.4, "ci95": [0.1, 0.6], "n": 4}}, "sampled": None},
+     "sampled is null, expected an object of metrics"),
+], ids=["null value", "null section"])
+def test_nulls_in_results_json_are_one_line_naming_the_key(results, says, tmp_path, run_cli):
+
+    run = _run_dir(tmp_path / "nulls", "nulls", results=json.dumps(results))
+    code, out, err = run_cli("report", run, "--out", str(tmp_path / "out"))
+    assert code == 2 and not out
+    assert error_line(err) == f"rlft: error: report: '{run}/results.json': {says}"
+
+
 def test_a_corrupt_results_json_is_one_line_naming_the_file(tmp_path, run_cli):
-    from test_cli import error_line
 
     run = _run_dir(tmp_path / "cut", "cut", results='{"greedy": {"accuracy": {"value": 0.4, "ci')  # truncated
     code, out, err = run_cli("report", run, "--out", str(tmp_path / "out"))
@@ -99,7 +126,6 @@ def test_a_corrupt_results_json_is_one_line_naming_the_file(tmp_path, run_cli):
 
 
 def test_an_unfinished_run_is_one_line_not_an_empty_table(tmp_path, run_cli):
-    from test_cli import error_line
 
     run = _run_dir(tmp_path / "running", "running", done=False)
     code, out, err = run_cli("report", run, "--out", str(tmp_path / "out"))

@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 
 from rlft.errors import Stopped, UserError
 
@@ -76,7 +78,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The libraries' notices on every run that say nothing about it: (logger, start of the message)
+NOTICES = [("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),  # an optional CPU kernel
+           ("DeepSpeed", "Setting accelerator to CPU")]                              # no GPU: rlft knows
+
+
+class _Drop(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_libraries() -> None:
+    """Drop NOTICES (filters on their loggers, set before the libraries load: a logger keeps its
+    filters when its library configures it) and torch's pin_memory warning on a box with nothing to
+    pin for. Every other warning and error still prints."""
+    for name, prefix in NOTICES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Drop) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_Drop(prefix))
+    warnings.filterwarnings("ignore", message=r"'pin_memory' argument is set as true but no accelerator is found")
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
     parser = _parser()
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if rest:  # KEY=VALUE after an option (rlft pipeline experiment=x --dry-run runs_dir=y): still overrides
@@ -93,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return train(args.overrides, config_dir=args.config_dir, print_only=args.cfg)
         if args.command == "pipeline":
-            from rlft.train import pipeline
+            from rlft.pipeline import pipeline
 
             return pipeline(args.overrides, config_dir=args.config_dir, dry_run=args.dry_run,
                             launcher=args.launcher, note=args.note)

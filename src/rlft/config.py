@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -139,14 +140,18 @@ def _signature_params(target: str) -> dict | None:
     return dict(params)
 
 
-def validate(cfg) -> None:
+def validate(cfg, processes: bool = True) -> None:
     """Bind every `_target_` node's arguments to its callable's signature, building nothing: a
     misspelled TRL knob or builder argument is reported by its full key before any work; and check
     the values rlft reads itself. Binding imports each target's module (trl, transformers: seconds),
     so the value checks come first, except a seed or max_steps that is no integer at all: binding
-    names the TRL knob it fills (stage.trainer.max_steps: expected int), and only then rlft's check."""
+    names the TRL knob it fills (stage.trainer.max_steps: expected int), and only then rlft's check.
+    `processes=False` leaves out the checks of this process's GPUs and world size (`rlft pipeline`
+    checks each step before a launcher starts its processes)."""
     _check_run_knobs(cfg, integers_only=True)
-    _check_processes(cfg)
+    _check_sizes(cfg)
+    if processes:
+        _check_processes(cfg)
     _check_master_weights(cfg)
     _check_sampling(cfg)
     _check_secrets(cfg)
@@ -274,6 +279,32 @@ def _check_run_knobs(cfg, integers_only: bool = False) -> None:
                         "set it > 0 (a fraction trains part of an epoch), or max_steps >= 1")
 
 
+def _check_sizes(cfg) -> None:
+    """Counts that must be at least 1, named by key before any work (at 0 torch's sampler or the
+    data builders fail deep inside with a traceback): a training stage's batch size and
+    accumulation, each data node's `n` (rows it generates or draws); and a `report_to` that names
+    wandb when the package is not installed (transformers would fail after loading the model)."""
+    trainer = cfg.stage.get("trainer") if isinstance(cfg.stage, DictConfig) else None
+    if _trains(cfg) and isinstance(trainer, DictConfig):
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            value = trainer.get(key)
+            if _is_int(value) and value < 1:
+                raise UserError(f"stage.trainer.{key}={value}: must be an integer >= 1")
+    data = cfg.get("data")
+    for name in (data.keys() if isinstance(data, DictConfig) else []):
+        node = data._get_node(name)
+        if node is None or node._is_interpolation() or not isinstance(data[name], DictConfig):
+            continue
+        n = data[name].get("n") if "n" in data[name] else None
+        if _is_int(n) and n < 1:
+            raise UserError(f"data.{name}.n={n}: the number of rows data={data.get('name')} makes for it must be >= 1")
+    report_to = cfg.get("report_to")
+    if isinstance(report_to, (ListConfig, list)) and "wandb" in report_to \
+            and importlib.util.find_spec("wandb") is None:
+        raise UserError("report_to: wandb is not installed; pip install -e '.[wandb]' (and log in), or leave it out: "
+                        "report_to=[tensorboard]")
+
+
 def _check_sampling(cfg) -> None:
     """stage=bon draws its N samples per prompt at the top-level `temperature`, and so does
     stage=winrate's best-of-N pick (select=reward). At 0 every sample would be the one greedy answer,
@@ -291,11 +322,16 @@ def _check_sampling(cfg) -> None:
         return
     if stage not in ("bon", "winrate"):
         return
-    n, temperature = cfg.get("n"), cfg.get("temperature")
+    n, temperature, num_prompts = cfg.get("n"), cfg.get("temperature"), cfg.get("num_prompts")
+    if not (_is_int(n) and n >= 1) or not (num_prompts is None or _is_int(num_prompts) and num_prompts >= 1):
+        raise UserError(f"n must be an integer >= 1 and num_prompts an integer >= 1 (or null); got n={n}, "
+                        f"num_prompts={num_prompts}")
     samples_n = stage == "bon" or cfg.get("select") == "reward"
-    if samples_n and isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature <= 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):  # used or not: a typo
+        raise UserError(f"temperature: expected a number, got {temperature!r}")
+    if samples_n and temperature <= 0:
         why = (f"all n={n} samples per prompt would be the same greedy answer, so best-of-{n} would mean nothing"
-               if _is_int(n) and n > 1 else "samples need a temperature > 0")
+               if n > 1 else "samples need a temperature > 0")
         raise UserError(f"temperature={temperature} with n={n}: stage={stage} samples n answers per prompt at "
                         f"`temperature`; {why} (greedy accuracy is reported already); set temperature > 0 "
                         "(the paper's 1.0)")

@@ -14,6 +14,7 @@ messages and counts.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -289,19 +290,32 @@ def ultrafeedback_preference_dataset(path: str, split: str = "train_prefs", syst
                                      max_rows: int | None = None):
     """UltraFeedback binarized rows (chosen / rejected message lists, score_chosen,
     score_rejected) as TRL preference rows: a shared prompt and one assistant turn each. A row with
-    an empty prompt, chosen or rejected text is dropped and counted; none left stops the run."""
+    an empty prompt, chosen or rejected text, or whose chosen answer is the rejected one, is dropped
+    and counted; none left stops the run."""
     rows, where = load_rows(path, split, max_rows)
     out, dropped = [], Counter()
     for i, row in enumerate(rows):
         _require(row, ("chosen", "rejected", "score_chosen", "score_rejected"), where, i)
         chosen, rejected = row["chosen"], row["rejected"]
         for field, msgs in (("chosen", chosen), ("rejected", rejected)):
-            if not isinstance(msgs, list) or len(msgs) < 2 or msgs[-1].get("role") != "assistant":
+            if not isinstance(msgs, list) or len(msgs) < 2 or not isinstance(msgs[-1], dict) \
+                    or msgs[-1].get("role") != "assistant":
                 raise UserError(f"{where}: row {i}: {field!r} must be a message list ending with an assistant turn")
+            for j, m in enumerate(msgs):
+                if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
+                    raise UserError(f"{where}: row {i}: {field!r} message {j} must be an object with 'role' and "
+                                    f"'content', got {json.dumps(m)[:80]}")
+        for field in ("score_chosen", "score_rejected"):
+            score = row[field]
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+                raise UserError(f"{where}: row {i}: {field!r} must be a finite number, got {score!r}")
         prompt = [{"role": m["role"], "content": str(m["content"])} for m in chosen[:-1] if m.get("role") != "system"]
         if (all(_blank(m["content"]) for m in prompt if m["role"] == "user")
                 or _blank(chosen[-1].get("content")) or _blank(rejected[-1].get("content"))):
             dropped["empty turn"] += 1
+            continue
+        if str(chosen[-1]["content"]).strip() == str(rejected[-1]["content"]).strip():
+            dropped["chosen same as rejected"] += 1  # no preference to learn: DPO's loss sits at log 2
             continue
         out.append(_preference_row(_with_system(prompt, system_prompt), str(chosen[-1]["content"]),
                                    str(rejected[-1]["content"]), row["score_chosen"], row["score_rejected"]))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from rlft.stats import expected_max_at_k, expected_pick_at_k, mean_interval, pass_at_k, wilson_interval, win_rate
+from rlft import stats
+from rlft.stats import expected_max_at_k, expected_pick_at_k, pass_at_k, win_rate
 from rlft.models import stop_token_ids
 from rlft.tasks import Task
 
@@ -134,6 +139,37 @@ def heldout(model, tokenizer, rows: list[dict], task: Task, system_prompt: str |
     return out
 
 
+# what a held-out evaluation depends on besides the weights: the same rows, asked and judged the same way
+_SAME_EVALUATION = ("data.heldout", "data.evaluate", "data.task", "data.template", "model.chat_template", "seed")
+
+
+def recorded_heldout(model_path: str, cfg, dtype: str) -> dict | None:
+    """The held-out evaluation of `model_path` that the rlft run which wrote it recorded, if that run
+    judged the same rows the same way as `cfg` would (the keys in _SAME_EVALUATION, and the weights in
+    `dtype`); None otherwise. A DPO or RLOO run's reference is its init_from model, which its SFT run
+    already answered: reading those answers saves a second pass over the held-out prompts (greedy, or
+    sampled from the same seed: the same answers). The run must be DONE and `model_path` its model/."""
+    run = Path(model_path).parent
+    if Path(model_path).name != "model" or not (run / "DONE").is_file():
+        return None
+    try:
+        old = OmegaConf.load(run / "config.yaml")
+        recorded = json.loads((run / "results.json").read_text())["heldout"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(recorded, dict) or "scores" not in recorded or old.get("model", {}).get("dtype") != dtype:
+        return None
+    for key in _SAME_EVALUATION:
+        then, now = (OmegaConf.select(c, key, default=None) for c in (old, cfg))
+        if _plain(then) != _plain(now):
+            return None
+    return {**recorded, "recorded_in": str(run / "results.json")}
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
 def best_of_n(model, tokenizer, rows: list[dict], task: Task, system_prompt: str | None, n: int,
               temperature: float = 1.0, sweep: list[int] | None = None, max_new_tokens: int = 64,
               batch_size: int = 64, selector=None, selector_name: str | None = None) -> dict:
@@ -157,20 +193,29 @@ def best_of_n(model, tokenizer, rows: list[dict], task: Task, system_prompt: str
         flat = selector(chat_messages([task.user_text(row) for row in repeated], system_prompt), responses, repeated)
         keys = [flat[i * n : (i + 1) * n] for i in range(len(rows))]
     sweep = sorted({k for k in (sweep or _powers_of_two(n)) if 1 <= k <= n} | {n})
+    out = {**_picks(verdicts, keys, sweep), "samples_per_prompt": n, "temperature": temperature,
+           "num_prompts": len(rows), "selector": selector_name or f"{task.name} verifier", **task.describe(),
+           "max_new_tokens": max_new_tokens}
+    if keys is not None:  # the verifier's pick of the same samples costs nothing more: beside the selector's
+        out["verifier"] = {**_picks(verdicts, None, sweep), "selector": f"{task.name} verifier"}
+    return out
+
+
+def _picks(verdicts: list[list], keys: list[list] | None, sweep: list[int]) -> dict:
+    """pass@1 and best-of-k for k in `sweep` from each prompt's N verdicts: the best of any k
+    (keys None: the verifier picks) or the highest-key of any k (a selector's keys)."""
+    n = len(verdicts[0])
     out = {}
     for k in sweep:
         if keys is None:
             exact = [pass_at_k(n, sum(v.correct for v in vs), k) for vs in verdicts]
-            mean = [expected_max_at_k([v.score for v in vs], k) for vs in verdicts]
+            means = [expected_max_at_k([v.score for v in vs], k) for vs in verdicts]
         else:
             exact = [expected_pick_at_k([float(v.correct) for v in vs], ks, k) for vs, ks in zip(verdicts, keys)]
-            mean = [expected_pick_at_k([v.score for v in vs], ks, k) for vs, ks in zip(verdicts, keys)]
+            means = [expected_pick_at_k([v.score for v in vs], ks, k) for vs, ks in zip(verdicts, keys)]
         name = "pass@1" if k == 1 else f"best_of_{k}"
-        out[f"{name}_accuracy"] = {"value": sum(exact) / len(exact), "ci95": list(mean_interval(exact)), "n": len(exact)}
-        out[f"{name}_mean_score"] = {"value": sum(mean) / len(mean), "ci95": list(mean_interval(mean)), "n": len(mean)}
-    out.update({"samples_per_prompt": n, "temperature": temperature, "num_prompts": len(rows),
-                "selector": selector_name or f"{task.name} verifier", **task.describe(),
-                "max_new_tokens": max_new_tokens})
+        out[f"{name}_accuracy"] = {**stats.mean(exact), "k": k}  # k: the report reads it, never the name
+        out[f"{name}_mean_score"] = {**stats.mean(means), "k": k}
     return out
 
 
@@ -210,9 +255,8 @@ def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows:
     m = len(rows)
     out = {
         "vs_reference": win_rate(s_ours, s_theirs),
-        "judge_score": {"value": sum(s_ours) / m, "ci95": list(mean_interval(s_ours, bounds=unbounded)), "n": m},
-        "reference_judge_score": {"value": sum(s_theirs) / m, "ci95": list(mean_interval(s_theirs, bounds=unbounded)),
-                                  "n": m},
+        "judge_score": stats.mean(s_ours, bounds=unbounded),
+        "reference_judge_score": stats.mean(s_theirs, bounds=unbounded),
         "decoding": {**decoding, "max_new_tokens": max_new_tokens, "seed": seed if decoding["do_sample"] else None},
         "samples": [{"prompt": t, "response": a, "reference": b, "score": x, "reference_score": y}
                     for t, a, b, x, y in list(zip(texts, ours, theirs, s_ours, s_theirs))[:10]],
@@ -225,6 +269,5 @@ def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows:
         picks = [max(range(i * n, (i + 1) * n), key=lambda j: keys[j]) for i in range(m)]
         s_best = judge(messages, [sampled[j] for j in picks], rows)
         out[f"best_of_{n}_vs_reference"] = win_rate(s_best, s_theirs)
-        out[f"best_of_{n}_judge_score"] = {"value": sum(s_best) / m, "ci95": list(mean_interval(s_best, bounds=unbounded)),
-                                          "n": m}
+        out[f"best_of_{n}_judge_score"] = {**stats.mean(s_best, bounds=unbounded), "k": n}
     return out

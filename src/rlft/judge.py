@@ -34,7 +34,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from rlft import reward_models
@@ -130,19 +129,56 @@ def endpoint_scores(prompts: list[list[dict]], responses: list[str], base_url: s
         return value
 
     if todo:
-        pool = ThreadPoolExecutor(max_workers=min(concurrency, len(todo)), thread_name_prefix="rlft-judge")
         try:
-            futures = {k: pool.submit(one, i) for k, i in sorted(todo.items(), key=lambda item: item[1])}
-            done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
-            failed = [f for f in futures.values() if f in done and f.exception() is not None]
-            if failed:
-                raise failed[0].exception()  # the lowest-index failure among those finished
-            known |= {k: f.result() for k, f in futures.items()}
+            known |= _fan_out(one, todo, concurrency)
         finally:
-            # On failure drop the queued samples rather than spend minutes scoring a run that has already failed.
-            pool.shutdown(wait=True, cancel_futures=True)
             if store:
-                store.close()
+                store.close()  # a worker left in flight after an interrupt reopens it to add its score
+    return [known[k] for k in keys]
+
+
+def _fan_out(one, todo: dict, concurrency: int) -> dict:
+    """{key: one(i)} for todo's {key: i}, at most `concurrency` at once, in index order.
+
+    The workers are daemon threads: when the caller is interrupted (a second SIGTERM or Ctrl-C
+    raises in the main thread) this returns at once, the requests in flight abandoned, and the
+    process never waits on them at exit. After the first failure no new request starts; the
+    lowest-index failure among those finished is raised once the workers in flight are done."""
+    queue = sorted(todo.items(), key=lambda item: item[1])
+    lock, stop = threading.Lock(), threading.Event()
+    results, errors = {}, {}
+
+    def worker() -> None:
+        while not stop.is_set():
+            with lock:
+                if not queue:
+                    return
+                k, i = queue.pop(0)
+            try:
+                value = one(i)
+            except BaseException as e:  # noqa: BLE001  (handed to the main thread)
+                with lock:
+                    errors[i] = e
+                stop.set()
+                return
+            with lock:
+                results[k] = value
+
+    threads = [threading.Thread(target=worker, name=f"rlft-judge-{n}", daemon=True)
+               for n in range(min(concurrency, len(queue)))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.1)  # short joins: a signal's handler runs between them
+    finally:
+        stop.set()  # interrupted: nothing new starts; the workers in flight are left behind
+    if errors:
+        raise errors[min(errors)]
+    return results
+
+
     return [known[k] for k in keys]
 
 

@@ -102,24 +102,37 @@ def check_dir(path: str, expected: str) -> None:
 
 
 def check_loaded(path: str, model, info: dict, expected: str, new_head_ok: bool = False) -> None:
-    """After loading: the kind the loaded config names (hub ids were not checked before), and
-    every weight the checkpoint lacked (it would start random). With `new_head_ok` (a reward
-    model about to be trained), a base model may lack its new head (weights outside
-    `model.base_model_prefix`), never a weight of its body."""
+    """After loading: the kind the loaded config names (hub ids were not checked before), every
+    weight the checkpoint lacked (it would start random), and every weight of the checkpoint the
+    model has no place for (config.json describes another model than the weights: a Llama config
+    over Qwen2 weights drops the q/k/v biases). With `new_head_ok` (a reward model about to be
+    trained), a base model may lack its new head and carry an old one (weights outside
+    `model.base_model_prefix`: a masked-LM head), never differ in a weight of its body."""
     check_config(path, {"architectures": getattr(model.config, "architectures", None),
                         "num_labels": getattr(model.config, "num_labels", 1)}, expected)
     missing = sorted(info.get("missing_keys") or [])
-    if not missing:
-        return
+    unexpected = sorted(info.get("unexpected_keys") or [])
     prefix = getattr(model, "base_model_prefix", "") or ""
     if new_head_ok and expected == REWARD_MODEL and kind_of(getattr(model.config, "architectures", None)) == BASE \
             and prefix:
         missing = [k for k in missing if k.startswith(prefix + ".")]  # a new score head is the point
-        if not missing:
-            return
-    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-    raise UserError(f"model {path!r}: {len(missing)} weight{'s' * (len(missing) != 1)} missing from the checkpoint "
-                    f"({shown}), expected a complete {expected}: they would start from random weights")
+        unexpected = [k for k in unexpected if k.startswith(prefix + ".")]  # and the old head goes
+    if missing:
+        raise UserError(f"model {path!r}: {_count(missing, 'weight')} missing from the checkpoint ({_some(missing)}), "
+                        f"expected a complete {expected}: they would start from random weights")
+    if unexpected:
+        raise UserError(f"model {path!r}: {_count(unexpected, 'weight')} of the checkpoint {'has' if len(unexpected) == 1 else 'have'} "
+                        f"no place in {type(model).__name__} ({_some(unexpected)}): its config.json "
+                        f"(model_type {getattr(model.config, 'model_type', None)!r}) does not describe these weights, "
+                        "and loading would drop them")
+
+
+def _count(keys: list, what: str) -> str:
+    return f"{len(keys)} {what}{'s' * (len(keys) != 1)}"
+
+
+def _some(keys: list) -> str:
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
 def _read_json(path: Path) -> dict | None:

@@ -370,15 +370,30 @@ def end_turns_at_stop_ids(model, tokenizer):
 def resolve_model_path(model_cfg, init_from: str | None = None) -> str:
     """Where to load the policy from: `init_from` if set, else the preset's build or path."""
     if init_from:
-        if not Path(init_from).is_dir():
+        given = Path(init_from)
+        if given.is_file():
+            raise UserError(f"init_from: {init_from!r} is a file; init_from takes the model dir that holds it "
+                            f"(init_from={given.parent})")
+        if not given.is_dir():
             raise UserError(f"init_from: model dir {init_from!r} does not exist")
+        if (given / "adapter_config.json").is_file() and not (given / "config.json").is_file():
+            merged = given.parent / "model"
+            raise UserError(f"init_from: {init_from!r} is a LoRA adapter; rlft starts from a whole model dir"
+                            + (f" (its run's merged model: init_from={merged})" if (merged / "config.json").is_file()
+                               else " (merge the adapter into its base model first)"))
+        if not (given / "config.json").is_file() and (given / "model" / "config.json").is_file():
+            raise UserError(f"init_from: {init_from!r} is a run dir, not a model dir; did you mean "
+                            f"init_from={given / 'model'}?")
         return str(init_from)
     if model_cfg.get("build"):
         return config.build(model_cfg.build)
     return str(model_cfg.path)
 
 
-def load_tokenizer(path: str, chat_template: str | None = "chatml"):
+def load_tokenizer(path: str, chat_template: str | None = "chatml", chat: bool = False):
+    """The model's tokenizer, with rlft's ChatML template (`chat_template="chatml"`) or its own
+    (None). `chat`: the caller renders conversations with it (a policy; `model.chat_template=null`
+    on a model without a template of its own is then refused in one line)."""
     tokenizer = _from_pretrained(AutoTokenizer, path)
     sample = tokenizer.encode("Numbers: 3 7 12. Target: 16. Hello world", add_special_tokens=False)
     if len(set(sample)) < 2:  # e.g. tokenizer.json gone: transformers falls back to the special tokens alone
@@ -386,6 +401,12 @@ def load_tokenizer(path: str, chat_template: str | None = "chatml"):
                         f"to {sample}): is tokenizer.json (or vocab.json and merges.txt) missing?")
     if chat_template == "chatml":
         tokenizer.chat_template = CHATML_TEMPLATE
+    elif chat_template is not None:
+        raise UserError(f"model.chat_template: {chat_template!r} is not a template rlft knows; use chatml, or null "
+                        "to keep the model's own")
+    elif chat and not tokenizer.chat_template:
+        raise UserError(f"model.chat_template=null keeps the model's own chat template, and {path!r} has none; "
+                        "use model.chat_template=chatml")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -427,6 +448,11 @@ def _from_pretrained(cls, path: str, **kwargs):
     before it fails: the error says that HF_HUB_OFFLINE=1 skips the wait."""
     try:
         return cls.from_pretrained(path, **kwargs)
+    except RuntimeError as e:
+        if "ignore_mismatched_sizes" not in str(e):
+            raise
+        raise UserError(f"model {path!r}: its weights' sizes do not match its config.json (transformers' size "
+                        "report is above); the config.json belongs to another model") from None
     except (OSError, ValueError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if Path(path).is_dir():

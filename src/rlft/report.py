@@ -37,10 +37,28 @@ def load_run(run_dir: str) -> dict:
         results = _read_json(d / "results.json") if (d / "results.json").is_file() else {}
         if not isinstance(results, dict):
             raise UserError(f"report: {str(d / 'results.json')!r} is not a JSON object of results")
+        _check_results(d / "results.json", results)
         if (d / "metrics.jsonl").is_file():
             metrics = _read_jsonl(d / "metrics.jsonl")
     name = cfg.get("label") or cfg.get("run_name", d.name)  # label: e.g. a row the paper does not have
     return {"dir": str(d), "name": name, "stage": stage, "done": done, "results": results, "metrics": metrics}
+
+
+def _check_results(path: Path, results: dict) -> None:
+    """The shapes the tables and plots read: each section an object, each metric's value a number
+    (a hand-edited or cut results.json names its first bad key instead of a traceback)."""
+    def walk(node: dict, where: str) -> None:
+        if "value" in node and (isinstance(node["value"], bool) or not isinstance(node["value"], (int, float))):
+            raise UserError(f"report: {str(path)!r}: {where}.value is {json.dumps(node['value'])}, expected a number")
+        for key, child in node.items():
+            if isinstance(child, dict):
+                walk(child, f"{where}.{key}" if where else key)
+
+    for section in ("heldout", "greedy", "sampled", "vs_reference"):
+        if section in results and not isinstance(results[section], dict):
+            raise UserError(f"report: {str(path)!r}: {section} is {json.dumps(results[section])}, expected an object "
+                            "of metrics")
+    walk(results, "")
 
 
 def _qualify(runs: list[dict]) -> list[dict]:
@@ -107,7 +125,7 @@ def rows(runs: list[dict]) -> list[dict]:
             if "value" in m:
                 lo, hi = m.get("ci95", (None, None))
                 out.append({"run": run["name"], "stage": run["stage"], "eval": section, "metric": name,
-                            "value": m["value"], "ci95_low": lo, "ci95_high": hi, "n": m.get("n")})
+                            "value": m["value"], "ci95_low": lo, "ci95_high": hi, "n": m.get("n"), "k": _k(key, m)})
             else:
                 walk(run, section, m, name)
 
@@ -130,26 +148,37 @@ def _ci(r: dict) -> str:
     return f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]" if r["ci95_low"] is not None else ""
 
 
-def _best_of_k(metric: str) -> int | None:
-    parts = metric.split("_")
-    return int(parts[2]) if metric.startswith("best_of_") and metric.endswith("_accuracy") and parts[2].isdigit() else None
+def _k(key: str, record: dict) -> int | None:
+    """The n of a best-of-n record (1 for pass@1): its `k`. Records written before rlft recorded k
+    (best_of_16_accuracy) give it by their name."""
+    if isinstance(record.get("k"), int):
+        return record["k"]
+    parts = key.split("_")
+    return 1 if key.startswith("pass@1_") else int(parts[2]) if key.startswith("best_of_") and parts[2].isdigit() else None
+
+
+def _best_of_k(r: dict) -> int | None:
+    """A table row's n when it is a best-of-n accuracy (n > 1) of its section's own pick (not one
+    nested beside it: a reward model's best-of-N also holds the verifier's pick), else None."""
+    own = "." not in r["metric"]
+    return r["k"] if own and (r.get("k") or 0) > 1 and r["metric"].endswith("_accuracy") else None
 
 
 _GREEDY = ("greedy", "heldout")  # the evals that hold a model's greedy answers to the held-out prompts
 
 # The paper's layout: one row per model, one column per headline number (exact match where both
-# exact match and TinyZero's score exist). Each test picks a table row's (eval, metric).
+# exact match and TinyZero's score exist). Each test picks a table row by its eval, metric and k.
 HEADLINE = [
-    ("greedy accuracy", lambda e, m: m == "accuracy" and e in ("greedy", "heldout")),
-    ("held-out accuracy, sampled", lambda e, m: m == "accuracy" and e in ("greedy_sampled", "heldout_sampled")),
-    ("sampled pass@1", lambda e, m: m == "pass@1_accuracy"),
-    ("best-of-N", lambda e, m: _best_of_k(m) is not None),
-    ("RM pairwise accuracy", lambda e, m: m == "pairwise_accuracy"),
-    ("constraints satisfied", lambda e, m: e == "heldout" and m == "satisfied"),
-    ("IFEval prompt-level strict", lambda e, m: e in _GREEDY and m == "prompt_level_strict"),
-    ("IFEval instruction-level strict", lambda e, m: e in _GREEDY and m == "instruction_level_strict"),
-    ("IFBench prompt-level strict (OOD)", lambda e, m: e in _GREEDY and m == "ifbench_prompt_level_strict"),
-    ("win-rate vs reference", lambda e, m: m.endswith("win_rate") and not m.startswith("best_of")),
+    ("greedy accuracy", lambda r: r["metric"] == "accuracy" and r["eval"] in _GREEDY),
+    ("held-out accuracy, sampled", lambda r: r["metric"] == "accuracy" and r["eval"] in ("greedy_sampled", "heldout_sampled")),
+    ("sampled pass@1", lambda r: r["metric"] == "pass@1_accuracy"),
+    ("best-of-N", lambda r: _best_of_k(r) is not None),
+    ("RM pairwise accuracy", lambda r: r["metric"] == "pairwise_accuracy"),
+    ("constraints satisfied", lambda r: r["eval"] == "heldout" and r["metric"] == "satisfied"),
+    ("IFEval prompt-level strict", lambda r: r["eval"] in _GREEDY and r["metric"] == "prompt_level_strict"),
+    ("IFEval instruction-level strict", lambda r: r["eval"] in _GREEDY and r["metric"] == "instruction_level_strict"),
+    ("IFBench prompt-level strict (OOD)", lambda r: r["eval"] in _GREEDY and r["metric"] == "ifbench_prompt_level_strict"),
+    ("win-rate vs reference", lambda r: r["metric"].endswith("win_rate") and not r["metric"].startswith("best_of")),
 ]
 
 
@@ -159,12 +188,12 @@ def summary(table: list[dict]) -> str:
     cells: dict[str, dict[str, str]] = {}
     for r in table:
         for column, wanted in HEADLINE:
-            if not wanted(r["eval"], r["metric"]):
+            if not wanted(r):
                 continue
             row = cells.setdefault(r["run"], {})
             text = f"{r['value']:.3f} {_ci(r)}"
             if column == "best-of-N":  # keep the largest N, and say which
-                k = _best_of_k(r["metric"])
+                k = _best_of_k(r)
                 if row.get("best_k", 0) > k:
                     continue
                 row["best_k"], text = k, f"{text} (N={k})"
@@ -182,8 +211,8 @@ def plot_best_of_n(runs: list[dict], path: Path) -> bool:
     curves = []
     for run in runs:
         sampled = run["results"].get("sampled", {})
-        points = sorted((1 if k.startswith("pass@1") else int(k.split("_")[2]), v)
-                        for k, v in sampled.items() if k.endswith("_accuracy") and isinstance(v, dict))
+        points = sorted((_k(key, v), v) for key, v in sampled.items()
+                        if key.endswith("_accuracy") and isinstance(v, dict) and _k(key, v) is not None)
         if points:
             curves.append((run["name"], points))
     if not curves:
@@ -278,7 +307,8 @@ def report(run_dirs: list[str], out: str, note: str | None = None) -> str:
         text = f"**{note}**\n\n{text}"
     (out_dir / "results.md").write_text(text + "\n")
     with (out_dir / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["run", "stage", "eval", "metric", "value", "ci95_low", "ci95_high", "n"])
+        writer = csv.DictWriter(f, fieldnames=["run", "stage", "eval", "metric", "value", "ci95_low", "ci95_high", "n"],
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
     plot_best_of_n(runs, out_dir / "best_of_n.png")

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from trl import RewardTrainer
 
-from rlft import models
-from rlft.stats import wilson_interval
+from rlft import models, stats
 
 FORMATS = ("chat", "pair", "flat")
 
@@ -111,7 +110,7 @@ def load_scorer(path: str, fmt: str, dtype: str = "float32"):
     for `score` (ChatML template for `chat`): the judge's and the RLOO reward's reward model."""
     model = models.on_accelerator(models.load_reward_model(path, dtype, scoring=True))
     model.eval()
-    return model, models.load_tokenizer(path, chat_template="chatml" if fmt == "chat" else None)
+    return model, models.load_tokenizer(path, chat_template="chatml" if fmt == "chat" else None, chat=fmt == "chat")
 
 
 def pairwise_accuracy(model, tokenizer, dataset, fmt: str, max_length: int, batch_size: int = 32) -> dict:
@@ -122,7 +121,7 @@ def pairwise_accuracy(model, tokenizer, dataset, fmt: str, max_length: int, batc
                      batch_size)
     n = len(chosen)
     wins = sum(c > r for c, r in zip(chosen, rejected))
-    return {"pairwise_accuracy": {"value": wins / n, "ci95": list(wilson_interval(wins, n)), "n": n},
+    return {"pairwise_accuracy": stats.proportion(wins, n),
             "mean_margin": sum(c - r for c, r in zip(chosen, rejected)) / n}
 
 

@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import traceback
 import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -312,21 +313,29 @@ def _refuse_another_config(cfg, run_dir: Path) -> None:
     step count belong to it. Another config (a new learning rate, another stage, another model
     shape) would be written over config.yaml and the card while the restored state kept the old
     one, so it is refused, naming the keys, before anything is written."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file() or not checkpoints(run_dir):
+    if not checkpoints(run_dir):
         return
+    if changed := config_changes(cfg, run_dir):
+        raise UserError(f"resume=true in {str(run_dir)!r} with another config than the run it continues: "
+                        f"{changed}; resume with the run's own settings, or start over with overwrite=true")
+
+
+def config_changes(cfg, run_dir: Path, may_change: set[str] = frozenset()) -> str:
+    """The keys where cfg differs from the run's config.yaml, as "key (old -> new), ..." (what the run
+    is first; "" when none differ or there is no readable config.yaml). Top-level keys in
+    RESUME_MAY_CHANGE and the dotted keys in may_change are not compared."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return ""
     try:
         old = yaml.safe_load(saved.read_text())
     except (OSError, yaml.YAMLError):
-        return  # unreadable: the checkpoint's own checks decide
+        return ""  # unreadable: the checkpoint's own checks decide
     new = OmegaConf.to_container(cfg, resolve=True)
-    changed = [k for k in _changed_keys(old, new) if k.split(".")[0] not in RESUME_MAY_CHANGE]
+    changed = [k for k in _changed_keys(old, new) if k.split(".")[0] not in RESUME_MAY_CHANGE and k not in may_change]
     changed.sort(key=lambda k: k not in ("stage.name", "model.name", "data.name"))  # what the run is, first
-    if changed:
-        shown = ", ".join(f"{k} ({_at(old, k)!r} -> {_at(new, k)!r})" for k in changed[:3])
-        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        raise UserError(f"resume=true in {str(run_dir)!r} with another config than the run it continues: "
-                        f"{shown}{more}; resume with the run's own settings, or start over with overwrite=true")
+    shown = ", ".join(f"{k} ({_at(old, k)!r} -> {_at(new, k)!r})" for k in changed[:3])
+    return shown + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
 
 
 def _changed_keys(old, new, prefix: str = "") -> list[str]:
@@ -485,6 +494,9 @@ _NO_SPACE = ("No space left on device", "Disk quota exceeded", "StorageFull")
 _WRITE_FAILED = ("iostream error", "PytorchStreamWriter failed", "unexpected pos", "file write failed")
 
 
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
 def explain_write_failure(exc: BaseException, run_dir, after_training: bool = False,
                           weights_bytes: int | None = None, checkpoint_bytes: int | None = None) -> UserError | None:
     """A full disk (or quota) seen while writing: one line naming what was being written, about how
@@ -495,7 +507,7 @@ def explain_write_failure(exc: BaseException, run_dir, after_training: bool = Fa
     while seen is not None and seen not in chain:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    full_errno = [e for e in chain if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)]
+    full_errno = [e for e in chain if isinstance(e, OSError) and e.errno in FULL_DISK_ERRNOS]
     no_space = bool(full_errno) or any(m in str(e) for e in chain for m in _NO_SPACE)
     if not no_space and not any(m in str(e) for e in chain for m in _WRITE_FAILED):
         return None
@@ -505,6 +517,8 @@ def explain_write_failure(exc: BaseException, run_dir, after_training: bool = Fa
     filename = next((e.filename for e in full_errno if e.filename), None)
     if filename:
         path, needed = Path(filename), None
+    elif any(_raised_in(e, "tensorboard") for e in chain):  # its writer thread's error names no file
+        path, needed = Path(os.environ.get("TENSORBOARD_LOGGING_DIR") or run_dir / "tensorboard"), None
     elif partial:
         path = partial[-1]
         needed = _tree_bytes(complete[-1]) if complete else checkpoint_bytes
@@ -526,6 +540,12 @@ def explain_write_failure(exc: BaseException, run_dir, after_training: bool = Fa
     need = f"needs about {_size(needed)}, " if needed else ""
     return UserError(f"no space left on device writing {path} ({need}{_size(free)} free{removed}); "
                      "free some space, then rerun with resume=true")
+
+
+def _raised_in(exc: BaseException, package: str) -> bool:
+    """Whether the exception passed through a module of `package` (its traceback's frames)."""
+    marker = f"{os.sep}{package}{os.sep}"
+    return any(marker in frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
 def _tree_bytes(path: Path) -> int:

@@ -1,7 +1,8 @@
 """The statistics rlft's results are reported with: 95% intervals, win-rates, pass@k and the
 best-of-n estimators. Pure Python (no torch), so tasks and reports import it cheaply.
 
-Every estimate a results.json holds is a record {"value", "ci95", "n"}.
+Every estimate a results.json holds is a record {"value", "ci95", "n"}: `proportion` (successes
+of n, Wilson interval) or `mean` (of per-item values, normal interval) makes one.
 """
 
 from __future__ import annotations
@@ -34,13 +35,24 @@ def mean_interval(values: list[float], z: float = Z95, bounds: tuple[float, floa
     return max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
+def proportion(successes: int, n: int) -> dict:
+    """The record of `successes` out of `n` (Wilson 95% interval)."""
+    return {"value": successes / n if n else 0.0, "ci95": list(wilson_interval(successes, n)), "n": n}
+
+
+def mean(values: list[float], bounds: tuple[float, float] = (0.0, 1.0)) -> dict:
+    """The record of the mean of `values` (normal 95% interval within `bounds`)."""
+    n = len(values)
+    return {"value": sum(values) / n if n else 0.0, "ci95": list(mean_interval(values, bounds=bounds)), "n": n}
+
+
 def win_rate(scores: list[float], reference_scores: list[float]) -> dict:
     """Per-prompt comparison of two models' judge scores: wins count 1, ties 1/2, losses 0
     (ties are common with a rule judge, so they are reported too); normal 95% interval."""
     outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, reference_scores, strict=True)]
     n = len(outcomes)
     return {
-        "win_rate": {"value": sum(outcomes) / n, "ci95": list(mean_interval(outcomes)), "n": n},
+        "win_rate": mean(outcomes),
         "wins": sum(o == 1.0 for o in outcomes), "ties": sum(o == 0.5 for o in outcomes),
         "losses": sum(o == 0.0 for o in outcomes),
     }

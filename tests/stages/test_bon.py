@@ -35,11 +35,11 @@ def test_reward_model_pick_estimator_equals_brute_force_over_subsets(values, key
 
 
 @pytest.mark.smoke
-def test_bon_picks_by_a_reward_model(tmp_path, run_cli, tiny_base):
+def test_bon_picks_by_a_reward_model(tmp_path, run_cli, countdown_sft):
     from rlft.config import build, compose
 
     rm_dir = build(compose(["reward_model=tiny"]).reward_model.build)
-    common = ["stage=bon", "model=tiny", "data=countdown", f"init_from={tiny_base}", "n=4", "num_prompts=6",
+    common = ["stage=bon", "model=tiny", "data=countdown_tiny", f"init_from={countdown_sft}", "n=4", "num_prompts=16",
               "data.evaluate.max_new_tokens=8", "stage.sweep=[1,2]"]
     code, _, err = run_cli("train", *common, f"run_dir={tmp_path / 'v'}")
     assert code == 0, err
@@ -52,6 +52,10 @@ def test_bon_picks_by_a_reward_model(tmp_path, run_cli, tiny_base):
     # same seed, same samples: pass@1 does not depend on who picks; a reward model never beats the verifier
     assert by_rm["pass@1_mean_score"] == by_verifier["pass@1_mean_score"]
     assert by_rm["best_of_4_mean_score"]["value"] <= by_verifier["best_of_4_mean_score"]["value"]
+    # and the verifier's pick of the reward run's samples is the verifier run's (one sampling, both picks)
+    assert by_rm["verifier"] == {k: v for k, v in by_verifier.items() if k.endswith(("_accuracy", "_mean_score"))} | {
+        "selector": "countdown verifier"}
+    assert "verifier" not in by_verifier
 
 
 @pytest.mark.smoke

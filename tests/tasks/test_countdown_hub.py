@@ -190,7 +190,7 @@ def _paper_math_bon(tmp_path, monkeypatch, *overrides):
 
     policy = Policy()
     monkeypatch.setattr(models, "resolve_model_path", lambda model_cfg, init_from=None: "policy")
-    monkeypatch.setattr(models, "load_tokenizer", lambda path, chat_template=None: Tokenizer())
+    monkeypatch.setattr(models, "load_tokenizer", lambda path, chat_template=None, chat=False: Tokenizer())
     monkeypatch.setattr(models, "load_causal_lm", lambda path, dtype="float32", **kw: policy)
     hub = write_jsonl(tmp_path / "tasks.jsonl", tasks_rows(20))
     results, _ = bon.main(compose("experiment=paper_math_bon", f"data.heldout.path={hub}", "num_prompts=5", "n=2",

@@ -102,9 +102,13 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)) if "Content-Length" not in (headers or {})
                          else headers["Content-Length"])
+        self._logged(status)
         self.end_headers()
         if not head and body:
             self.wfile.write(body)
+
+    def _logged(self, status: int) -> None:
+        """Log before the headers go out: a client that has its answer finds the request in hub.log."""
         with self.hub.lock:
             self.hub.log.append((self.command, self.path, status))
 
@@ -195,6 +199,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
+        self._logged(status)
         self.end_headers()
         if self.command == "GET":
             with file.open("rb") as fh:
@@ -206,8 +211,6 @@ class Handler(BaseHTTPRequestHandler):
                         break
                     self.wfile.write(chunk)
                     left -= len(chunk)
-        with self.hub.lock:
-            self.hub.log.append((self.command, self.path, status))
 
     def _api(self, repo_type: str, rest: list[str], query: dict) -> None:
         for i, word in enumerate(rest):

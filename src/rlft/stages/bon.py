@@ -9,7 +9,8 @@ then N samples per held-out prompt, one picked by the task's verifier (select=ve
 `reward` group (select=reward, e.g. a reward model), every answer judged by the task. Writes
 run_dir/results.json: the greedy metrics, pass@1 and best-of-n for every n in `stage.sweep` up to N
 (unbiased, from the same N samples) for exact success (`accuracy`: Countdown's right answer, every
-instruction followed) and the mean task score, each with a 95% interval, plus seed, N, temperature,
+instruction followed) and the mean task score, each with a 95% interval (with select=reward also
+the verifier's pick of the same samples, sampled.verifier), plus seed, N, temperature,
 prompt count and how the task scored (Countdown's data.scorer: rlft's last answer anywhere, or
 tinyzero's last line only).
 
@@ -30,8 +31,6 @@ from rlft.errors import UserError
 def main(cfg) -> tuple[dict, dict]:
     # 1. seed and held-out problems (num_prompts overrides the preset's count)
     set_seed(cfg.seed)
-    if cfg.n < 1 or (cfg.num_prompts is not None and cfg.num_prompts < 1):
-        raise UserError(f"n must be >= 1 and num_prompts >= 1 (or null); got n={cfg.n}, num_prompts={cfg.num_prompts}")
     if not cfg.data.get("heldout"):
         raise UserError(f"stage=bon needs held-out prompts; data={cfg.data.name} has no heldout")
     if not cfg.data.get("task"):
@@ -44,7 +43,7 @@ def main(cfg) -> tuple[dict, dict]:
 
     # 2. the policy to evaluate (any model dir: init_from)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
-    tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template, chat=True)
     # generation_backend=vllm on GPU boxes: the same results, sampled by vLLM
     model = models.load_sampling_policy(path, tokenizer, cfg.model.frozen_dtype, cfg.generation_backend, cfg.seed)
 

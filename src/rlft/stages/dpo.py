@@ -6,7 +6,9 @@
 Policy and reference both load from `init_from` (an SFT run's model dir); with peft the
 reference is the same weights with the adapter switched off (TRL's way, no second copy).
 Writes run_dir/model and, when the data has a judge, run_dir/results.json: the judge's score of
-policy and reference on held-out prompts and the policy's win-rate against the reference.
+policy and reference on held-out prompts and the policy's win-rate against the reference (the
+reference's answers read from its run's results.json when that run judged the same rows the same
+way: rlft.evaluate.recorded_heldout).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from trl import DPOTrainer
 from rlft import models
 from rlft.config import build
 from rlft.data import count_over_length
+from rlft.evaluate import recorded_heldout
 from rlft.metrics import MetricsLogger
 from rlft.stats import win_rate
-from rlft.train import batch_facts, fit
+from rlft.runcontrol import batch_facts, fit
 
 
 def main(cfg) -> tuple[dict | None, dict]:
@@ -30,7 +33,7 @@ def main(cfg) -> tuple[dict | None, dict]:
 
     # 2. policy and reference from the same weights
     path = models.resolve_model_path(cfg.model, cfg.init_from)
-    tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template, chat=True)
     model = models.load_causal_lm(path, cfg.model.dtype, cfg.peft.quantization)
     peft_config = build(cfg.peft.config) if cfg.peft.get("config") else None
     ref_model = None if peft_config is not None else models.load_causal_lm(path, cfg.model.frozen_dtype)
@@ -50,7 +53,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     )
 
     # 4. train (resume=true continues from the newest intact checkpoint in run_dir/checkpoints;
-    # SIGTERM/SIGINT saves one and stops: rlft.train.fit)
+    # SIGTERM/SIGINT saves one and stops: rlft.runcontrol.fit)
     fit(trainer, cfg)
 
     # 5. save model/ (with peft: adapter/ too, merged into model/)
@@ -61,9 +64,11 @@ def main(cfg) -> tuple[dict | None, dict]:
     if policy is not None and heldout:
         evaluate = build(cfg.data.evaluate)
         ours = evaluate(policy, tokenizer, heldout)
-        # the reference DPOTrainer prepared (already on the device), or with peft a fresh copy of the start
-        ref = evaluate(models.on_accelerator(ref_model) if ref_model is not None
-                       else models.load_frozen_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
+        # the start's answers as its run recorded them; else the reference DPOTrainer prepared (already
+        # on the device), or with peft a fresh copy of the start
+        ref = recorded_heldout(path, cfg, cfg.model.frozen_dtype) or evaluate(
+            models.on_accelerator(ref_model) if ref_model is not None
+            else models.load_frozen_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
         results = {"heldout": ours, "reference": ref, "vs_reference": win_rate(ours["scores"], ref["scores"])}
     card = {
         "base_model": path,

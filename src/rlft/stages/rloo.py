@@ -8,7 +8,8 @@ k samples per prompt (stage.trainer.num_generations), each scored by the `reward
 functions (weighted sum; a function that fails marks samples unscorable, never ends the run),
 KL to the init_from model as a reward penalty. Writes run_dir/model (with peft also adapter/),
 and, when the data preset has held-out prompts, run_dir/results.json (and, where the task's judge
-gives per-prompt scores, the win-rate against the init_from model).
+gives per-prompt scores, the win-rate against the init_from model, whose answers are read from its
+run when it judged the same rows the same way).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from transformers import set_seed
 from rlft import models, reward_functions
 from rlft.config import build
 from rlft.errors import UserError
+from rlft.evaluate import recorded_heldout
 from rlft.metrics import MetricsLogger
 from rlft.stats import win_rate
-from rlft.train import batch_facts, fit
+from rlft.runcontrol import batch_facts, fit
 
 
 def main(cfg) -> tuple[dict | None, dict]:
@@ -36,7 +38,7 @@ def main(cfg) -> tuple[dict | None, dict]:
 
     # 3. policy (the reference is the same weights: TRL loads it, or disables the adapter with peft)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
-    tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template, chat=True)
     model = models.load_causal_lm(path, cfg.model.dtype, cfg.peft.quantization)
     models.end_turns_at_stop_ids(model, tokenizer)  # the completion mask ends at <|im_end|> too
     peft_config = build(cfg.peft.config) if cfg.peft.get("config") else None
@@ -64,7 +66,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     )
 
     # 5. train (resume=true continues from the newest intact checkpoint in run_dir/checkpoints;
-    # SIGTERM/SIGINT saves one and stops: rlft.train.fit)
+    # SIGTERM/SIGINT saves one and stops: rlft.runcontrol.fit)
     fit(trainer, cfg)
 
     # 6. save model/ (with peft: adapter/ too, merged into model/)
@@ -76,7 +78,8 @@ def main(cfg) -> tuple[dict | None, dict]:
         evaluate = build(cfg.data.evaluate)
         results = {"heldout": evaluate(policy, tokenizer, heldout)}
         if cfg.data.get("task") and build(cfg.data.task).instructions:
-            ref = evaluate(models.load_frozen_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
+            ref = recorded_heldout(path, cfg, cfg.model.frozen_dtype) or evaluate(
+                models.load_frozen_lm(path, cfg.model.frozen_dtype), tokenizer, heldout)
             results |= {"reference": ref, "vs_reference": win_rate(results["heldout"]["scores"], ref["scores"])}
     card = {
         "base_model": path,

@@ -19,7 +19,7 @@ from rlft import models, reward_models
 from rlft.config import build
 from rlft.errors import UserError
 from rlft.metrics import MetricsLogger
-from rlft.train import batch_facts, fit
+from rlft.runcontrol import batch_facts, fit
 
 
 def main(cfg) -> tuple[dict | None, dict]:
@@ -31,7 +31,8 @@ def main(cfg) -> tuple[dict | None, dict]:
     # 2. the reward model (init_from: continue from an earlier reward model dir)
     rm = cfg.reward_model
     path = models.resolve_model_path(rm, cfg.init_from)
-    tokenizer = models.load_tokenizer(path, cfg.model.chat_template if rm.format == "chat" else None)
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template if rm.format == "chat" else None,
+                                     chat=rm.format == "chat")
     model = models.load_reward_model(path, rm.dtype)
     if not cfg.stage.train:  # off the shelf (the paper's DeBERTa): held-out pairwise accuracy, no model/
         if heldout is None:
@@ -50,7 +51,7 @@ def main(cfg) -> tuple[dict | None, dict]:
     )
 
     # 4. train (resume=true continues from the newest intact checkpoint in run_dir/checkpoints;
-    # SIGTERM/SIGINT saves one and stops: rlft.train.fit)
+    # SIGTERM/SIGINT saves one and stops: rlft.runcontrol.fit)
     fit(trainer, cfg)
 
     # 5. save model/ (AutoModelForSequenceClassification), atomically; with peft the adapter is

@@ -26,10 +26,9 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from rlft import evaluate, models, rundir
+from rlft import evaluate, models, rundir, stats
 from rlft.config import build
 from rlft.errors import UserError
-from rlft.stats import mean_interval, wilson_interval
 
 FILES = {"correct": "sft.jsonl", "pairs": "pairs.jsonl"}
 
@@ -54,7 +53,7 @@ def main(cfg) -> tuple[dict, dict]:
 
     # 2. the model to sample from (any model dir: init_from)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
-    tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template, chat=True)
     model = models.load_sampling_policy(path, tokenizer, cfg.model.frozen_dtype, cfg.generation_backend, cfg.seed)
 
     # 3. k samples per prompt, every one judged by the task
@@ -89,8 +88,8 @@ def main(cfg) -> tuple[dict, dict]:
     n = len(scores)
     results = {"samples": {
         "prompts": len(rows), "k": k, "temperature": cfg.temperature, "max_new_tokens": cfg.stage.max_new_tokens,
-        "correct": {"value": correct / n, "ci95": list(wilson_interval(correct, n)), "n": n},
-        "mean_score": {"value": sum(scores) / n, "ci95": list(mean_interval(scores)), "n": n},
+        "correct": stats.proportion(correct, n),
+        "mean_score": stats.mean(scores),
         "kept": len(out), "files": {name: len(part) for name, part in files.items()}, **counts, **task.describe(),
     }}
     card = {"sampled_model": path, "task": task.name, "keep": cfg.keep, "rows_written": len(out),

@@ -18,7 +18,7 @@ from rlft.config import build
 from rlft.data import count_over_length, dropped_rows
 from rlft.errors import UserError
 from rlft.metrics import MetricsLogger
-from rlft.train import batch_facts, fit
+from rlft.runcontrol import batch_facts, fit
 
 
 def main(cfg) -> tuple[dict | None, dict]:
@@ -30,7 +30,7 @@ def main(cfg) -> tuple[dict | None, dict]:
 
     # 2. model and tokenizer (init_from beats the preset: start from an earlier run)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
-    tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template, chat=True)
     model = models.load_causal_lm(path, cfg.model.dtype, cfg.peft.quantization)
 
     # 3. trainer: every TRL knob comes from stage.trainer (trl.SFTConfig)
@@ -50,7 +50,7 @@ def main(cfg) -> tuple[dict | None, dict]:
                         f"stage.trainer.max_length={args.max_length}; raise it")
 
     # 4. train (resume=true continues from the newest intact checkpoint in run_dir/checkpoints;
-    # SIGTERM/SIGINT saves one and stops: rlft.train.fit)
+    # SIGTERM/SIGINT saves one and stops: rlft.runcontrol.fit)
     fit(trainer, cfg)
 
     # 5. save model/ (with peft: adapter/ too, merged into model/)

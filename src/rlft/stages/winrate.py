@@ -29,8 +29,6 @@ from rlft.errors import UserError
 def main(cfg) -> tuple[dict, dict]:
     # 1. seed, the reference to win against, held-out prompts (num_prompts overrides the preset's count)
     set_seed(cfg.seed)
-    if cfg.n < 1 or (cfg.num_prompts is not None and cfg.num_prompts < 1):
-        raise UserError(f"n must be >= 1 and num_prompts >= 1 (or null); got n={cfg.n}, num_prompts={cfg.num_prompts}")
     if not cfg.data.get("heldout"):
         raise UserError(f"stage=winrate needs held-out prompts; data={cfg.data.name} has no heldout")
     if cfg.data.get("task") and not build(cfg.data.task).instructions:
@@ -45,13 +43,13 @@ def main(cfg) -> tuple[dict, dict]:
 
     # 2. the policy to evaluate (any model dir: init_from), the reference and the judge
     path = models.resolve_model_path(cfg.model, cfg.init_from)
-    tokenizer = models.load_tokenizer(path, cfg.model.chat_template)
+    tokenizer = models.load_tokenizer(path, cfg.model.chat_template, chat=True)
     # generation_backend=vllm on GPU boxes: the same results, sampled by vLLM
     model = models.load_sampling_policy(path, tokenizer, cfg.model.frozen_dtype, cfg.generation_backend, cfg.seed)
     selector = reward_functions.selector(cfg.reward) if cfg.select == "reward" else None
     judge = build(cfg.judge.scorer)
     reference = models.load_frozen_lm(str(cfg.reference), cfg.model.frozen_dtype)
-    reference_tokenizer = models.load_tokenizer(str(cfg.reference), cfg.model.chat_template)
+    reference_tokenizer = models.load_tokenizer(str(cfg.reference), cfg.model.chat_template, chat=True)
 
     # 3. both models answer every prompt under the same decoding; the judge scores both
     decoding = OmegaConf.to_container(cfg.decoding, resolve=True)

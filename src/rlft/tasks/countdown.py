@@ -35,7 +35,7 @@ from typing import Literal, get_args
 
 from tqdm.auto import tqdm
 
-from rlft.stats import mean_interval, wilson_interval
+from rlft import stats
 from rlft.tasks import Task, Verdict
 
 NO_ANSWER, FORMAT_SCORE, CORRECT = 0.0, 0.1, 1.0
@@ -241,9 +241,9 @@ class Countdown(Task):
         answered = sum(v.score > NO_ANSWER for v in verdicts)
         scores = [v.score for v in verdicts]
         return {
-            "accuracy": {"value": correct / n, "ci95": list(wilson_interval(correct, n)), "n": n},
-            "mean_score": {"value": sum(scores) / n, "ci95": list(mean_interval(scores)), "n": n},
-            "answer_rate": {"value": answered / n, "ci95": list(wilson_interval(answered, n)), "n": n},
+            "accuracy": stats.proportion(correct, n),
+            "mean_score": stats.mean(scores),
+            "answer_rate": stats.proportion(answered, n),
         }
 
     def describe(self) -> dict:

@@ -18,7 +18,7 @@ import json
 import random
 import re
 
-from rlft.stats import mean_interval, wilson_interval
+from rlft import stats
 from rlft.tasks import Task, Verdict
 
 TOPICS = [
@@ -123,8 +123,8 @@ class IfCheck(Task):
         scores = [v.score for v in verdicts]
         full = sum(v.correct for v in verdicts)
         return {
-            "satisfied": {"value": sum(scores) / n, "ci95": list(mean_interval(scores)), "n": n},
-            "all_satisfied": {"value": full / n, "ci95": list(wilson_interval(full, n)), "n": n},
+            "satisfied": stats.mean(scores),
+            "all_satisfied": stats.proportion(full, n),
         }
 
     def describe(self) -> dict:

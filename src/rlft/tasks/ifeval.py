@@ -41,7 +41,7 @@ import string
 import threading
 from pathlib import Path
 
-from rlft.stats import wilson_interval
+from rlft import stats
 from rlft.tasks import Task, Verdict
 
 # --------------------------------------------------------------------------- generated prompts
@@ -323,11 +323,8 @@ def summarize(followed: list[list[bool]]) -> dict:
     n_instructions = sum(len(f) for f in followed)
     instructions_followed = sum(sum(bool(x) for x in f) for f in followed)
 
-    def metric(k: int, n: int) -> dict:
-        return {"value": k / n if n else 0.0, "ci95": list(wilson_interval(k, n)), "n": n}
-
-    return {"prompt_level_strict": metric(all_followed, n_prompts),
-            "instruction_level_strict": metric(instructions_followed, n_instructions)}
+    return {"prompt_level_strict": stats.proportion(all_followed, n_prompts),
+            "instruction_level_strict": stats.proportion(instructions_followed, n_instructions)}
 
 
 def _kwargs_list(row: dict, n: int) -> list[dict]:
