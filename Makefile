@@ -19,7 +19,7 @@ RUNS ?= runs
 # Everything here runs offline on CPU; TRITON_INTERPRET must be set before triton is imported.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=1
 
-.PHONY: setup demo tiny-math real-math tiny-if real-if paper-math paper-if rehearsal test test-slow test-gpu bench clean
+.PHONY: setup demo tiny-math real-math tiny-if real-if paper-math paper-if paper-preflight rehearsal rehearsal-preflight test test-slow test-gpu bench clean
 
 setup: $(STAMP)
 
@@ -109,6 +109,16 @@ paper-math: setup
 paper-if: setup
 	$(BIN)/rlft pipeline experiment=paper_if $(PAPER_PIPELINE) $(PAPER_IF_ARGS)
 
+# make paper-preflight: the first thing to run on a GPU box. Every cell of both recipes, with the same
+# variables as make paper-*, cut to one or two optimizer steps on 256 rows and its evaluation on 4
+# items, in $(PREFLIGHT_RUNS)/paper_*; then a table per recipe: the device each model sits on, world
+# size and batch against the recipe's, peak memory, step time -> estimated hours for the whole cell,
+# disk against free disk. Exits 1 when a cell fails, would not fit or would idle the GPU (rlft.preflight).
+PREFLIGHT_RUNS ?= $(RUNS)/preflight
+paper-preflight: setup
+	$(BIN)/rlft pipeline experiment=paper_math --preflight $(PREFLIGHT_RUNS)/paper_math $(PAPER_PIPELINE) $(PAPER_MATH_ARGS)
+	$(BIN)/rlft pipeline experiment=paper_if --preflight $(PREFLIGHT_RUNS)/paper_if $(PAPER_PIPELINE) $(PAPER_IF_ARGS)
+
 # make rehearsal: make paper-math and make paper-if themselves, offline on CPU, at Qwen2.5-0.5B's
 # real shapes: the same targets, experiment configs and hub ids, served by a local hub
 # (python -m rlft.rehearsal: the real architecture with random weights and the real Qwen2.5
@@ -139,6 +149,13 @@ rehearsal: setup
 	$(BIN)/python -m rlft.rehearsal build --root $(REHEARSAL_HUB)
 	$(BIN)/python -m rlft.rehearsal run --root $(REHEARSAL_HUB) -- \
 		$(MAKE) --no-print-directory paper-math paper-if RUNS=$(REHEARSAL_RUNS) $(REHEARSE_ARGS)
+
+# make rehearsal-preflight: make paper-preflight against the rehearsal hub with make rehearsal's
+# shrink, so each cell's estimate can be held against its time in make rehearsal (docs/paper.md).
+rehearsal-preflight: setup
+	$(BIN)/python -m rlft.rehearsal build --root $(REHEARSAL_HUB)
+	$(BIN)/python -m rlft.rehearsal run --root $(REHEARSAL_HUB) -- \
+		$(MAKE) --no-print-directory paper-preflight RUNS=$(REHEARSAL_RUNS) $(REHEARSE_ARGS)
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q

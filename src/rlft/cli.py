@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     pipe.add_argument("--launcher", help='run training steps as `LAUNCHER rlft train ...`, e.g. '
                                          '"accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m"')
     pipe.add_argument("--note", default=None, help="a line printed above the report's tables (replaces report.note)")
+    pipe.add_argument("--preflight", metavar="DIR", default=None,
+                      help="price the recipe on this box: every step cut to one optimizer step and a handful of "
+                           "rows, run in DIR, then one table (rlft.preflight); exits 1 when a cell would not go")
     rep = sub.add_parser("report", help="results tables (markdown, CSV) and PNG plots from run dirs",
                          description="rlft report RUN_DIR... [--out DIR]")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             from rlft.pipeline import pipeline
 
             return pipeline(args.overrides, config_dir=args.config_dir, dry_run=args.dry_run,
-                            launcher=args.launcher, note=args.note)
+                            launcher=args.launcher, note=args.note, preflight_dir=args.preflight)
         if args.command == "report":
             from rlft.report import report
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from rlft import stats
+from rlft import preflight, stats
 from rlft.stats import expected_max_at_k, expected_pick_at_k, pass_at_k, win_rate
 from rlft.models import stop_token_ids
 from rlft.tasks import Task
@@ -28,6 +28,7 @@ def chat_prompts(tokenizer, user_texts: list[str], system_prompt: str | None = N
             for messages in chat_messages(user_texts, system_prompt)]
 
 
+@preflight.timed  # a pre-flight scales sampling time by held-out items
 def generate(
     model,
     tokenizer,

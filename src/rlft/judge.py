@@ -36,7 +36,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from rlft import reward_models
+from rlft import preflight, reward_models
 from rlft.errors import UserError
 from rlft.tasks import Task
 
@@ -59,6 +59,7 @@ def rule_scores(task: Task, responses: list[str], rows: list[dict]) -> list[floa
     return [task.verdict(r, row).score for r, row in zip(responses, rows)]
 
 
+@preflight.timed
 def reward_model_scores(model, tokenizer, prompts: list[list[dict]], responses: list[str], fmt: str, max_length: int,
                         batch_size: int = 32) -> list[float]:
     """A local reward model's scores through reward_models.score, so a judge sees inputs encoded exactly
@@ -67,6 +68,7 @@ def reward_model_scores(model, tokenizer, prompts: list[list[dict]], responses: 
     return reward_models.score(model, tokenizer, prompts, responses, fmt, max_length, batch_size)
 
 
+@preflight.timed
 def endpoint_scores(prompts: list[list[dict]], responses: list[str], base_url: str, model: str,
                     api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, max_retries: int = 3,
                     concurrency: int = 8, backoff: float = 0.5, rate_limit_retries: int = 20,

@@ -45,7 +45,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from rlft import config, modelkind
+from rlft import config, modelkind, preflight
 from rlft.errors import UserError
 from rlft.rundir import is_main_process, publish_dir, staging_dir
 from rlft.tasks import countdown, ifcheck
@@ -489,10 +489,10 @@ def on_accelerator(model):
     rank holds a shard; DeepSpeed gathers them). A model already on the device is a no-op."""
     if not isinstance(model, torch.nn.Module) or getattr(model, "hf_device_map", None) \
             or getattr(model, "hf_quantizer", None) is not None or getattr(model, "quantization_method", None):
-        return model
+        return preflight.placed(model)  # a pre-flight records where every such model sits
     if any(hasattr(p, "ds_id") for p in model.parameters()):  # DeepSpeed ZeRO-3 owns these
-        return model
-    return model.to(accelerator_device())
+        return preflight.placed(model)
+    return preflight.placed(model.to(accelerator_device()))
 
 
 def load_frozen_lm(path: str, dtype: str = "float32"):

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +15,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlft import config, report, rundir
+from rlft import config, preflight, report, rundir
 from rlft.errors import UserError
 from rlft.train import train
 
 
 def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool = False,
-             launcher: str | None = None, note: str | None = None) -> int:
+             launcher: str | None = None, note: str | None = None, preflight_dir: str | None = None) -> int:
     """`rlft pipeline experiment=NAME [KEY=VALUE ...] [TAG:KEY=VALUE ...]`: the experiment's steps in
     order, then `rlft report`. Every multi-step recipe is one (make demo, tiny-if, paper-math, paper-if).
 
@@ -57,9 +60,13 @@ def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool 
     configs/accelerate/multi_gpu.yaml -m") runs each training step as `<launcher> rlft train ...`, a
     process of its own; evaluations (stages that train nothing) run in this process. `dry_run`
     prints each step's command (DONE ones marked) and the report's, and runs nothing.
+    `preflight_dir` runs every step in that dir instead, each cut to one optimizer step and a handful
+    of rows, and prints what the whole recipe will cost on this box (rlft.preflight) for the report.
     """
     tagged = [m.groups() for m in map(_TAGGED.fullmatch, overrides) if m]
     plain = [o for o in overrides if not _TAGGED.fullmatch(o)]
+    if preflight_dir:  # every step's run dir (and the inputs later steps read) under the pre-flight's dir
+        plain.append(f"run_dir={Path(preflight_dir).resolve()}")
     experiment = [o for o in plain if o.startswith("experiment=")]
     base = config.compose(experiment, config_dir)
     own = set(base) - set(config.compose([], config_dir))  # pipeline, report, a recipe's switches
@@ -71,8 +78,10 @@ def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool 
                         f"(e.g. experiment=tiny_math); got run_name={cfg.run_name!r}")
     forward = [o for o in plain if o not in experiment and _root_key(o) not in own]
     run_dir = Path(cfg.run_dir)
+    if preflight_dir and not dry_run:
+        preflight.prepare(run_dir)
 
-    plan = []  # (name, tags, trains, overrides, done); every step validated before the first runs
+    plan, recipe_batches = [], {}  # (name, tags, trains, overrides, done); every step validated before the first runs
     for step in _each(OmegaConf.to_container(cfg.pipeline, resolve=True)):
         args = [*step["overrides"], *forward]
         stage = _compose_step(step["name"], args, config_dir).stage.name
@@ -80,6 +89,10 @@ def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool 
         args += [o for tag, o in tagged if tag in tags]
         step_dir = run_dir / step["name"]
         step_cfg = _check_step(step["name"], [*args, f"run_dir={step_dir}"], config_dir)
+        if stage in config.TRAINED:  # the one-process recipe's batch, before a launcher spreads it
+            trainer = step_cfg.stage.trainer
+            recipe_batches[step["name"]] = (trainer.per_device_train_batch_size
+                                                 * trainer.get("gradient_accumulation_steps", 1))
         done = (step_dir / "DONE").exists() and not _changed_since_done(step["name"], step_cfg, step_dir, launcher)
         if done and (inputs := _rerun_inputs(args, [(n, run_dir / n) for n, *_, d in plan if not d])):
             # a DONE step built on a step that runs again is stale: it reruns after it (kept aside till DONE)
@@ -103,6 +116,8 @@ def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool 
             raise UserError(f"report.runs: {name!r} is not a step of pipeline {cfg.run_name!r} ({', '.join(names)})")
     out = wanted.get("out") or str(run_dir / "report")
     note = wanted.get("note") if note is None else note
+    if preflight_dir and not dry_run:
+        return _preflight(plan, run_dir, launcher, config_dir, recipe_batches)
 
     for name, _, trains, args, done in plan:
         step_dir = run_dir / name
@@ -130,6 +145,42 @@ def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool 
         print(report.report(dirs, out, note))
         print(f"plots and CSV: {out}")
     return 0
+
+
+def _preflight(plan, run_dir: Path, launcher: str | None, config_dir: str | None, recipe_batches: dict) -> int:
+    """Every step cut short in run_dir (rlft.preflight), then the table; 1 when a cell would not go.
+    The steps' models are deleted once the table is made: only the measurements stay."""
+    failed, previous = None, os.environ.get(preflight.ENV)
+    os.environ[preflight.ENV] = "1"  # this process's steps and launched ones measure themselves
+    try:
+        for name, _, trains, args, _ in plan:
+            argv = [*args, f"run_dir={run_dir / name}"]
+            print(f"rlft pipeline --preflight: {name}", flush=True)
+            try:
+                if launcher and trains:
+                    command = [*shlex.split(launcher), "rlft", "train",
+                               *(["--config-dir", config_dir] if config_dir else []), *argv]
+                    if code := subprocess.run(command).returncode:
+                        raise UserError(f"`{shlex.join(command)}` exited with {code}")
+                else:
+                    train(argv, config_dir=config_dir)
+            except (UserError, RuntimeError) as e:  # a refusal, CUDA out of memory: the cell does not go
+                failed = (name, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                break
+    finally:
+        if previous is None:
+            os.environ.pop(preflight.ENV, None)
+        else:
+            os.environ[preflight.ENV] = previous
+    records = [{**json.loads((run_dir / name / "preflight.json").read_text()), "step": name} for name, *_ in plan
+               if (run_dir / name / "preflight.json").is_file()]
+    for name, *_ in plan:
+        for heavy in ("model", "adapter", "checkpoints"):
+            shutil.rmtree(run_dir / name / heavy, ignore_errors=True)
+    text, ok = preflight.table(records, recipe_batches, failed, shutil.disk_usage(run_dir).free)
+    print(text)
+    print(f"measurements: {run_dir}/*/preflight.json")
+    return 0 if ok else 1
 
 
 # TAG:KEY=VALUE: an override for the pipeline steps tagged TAG (Hydra keys hold no ':')

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from trl import RewardTrainer
 
-from rlft import models, stats
+from rlft import models, preflight, stats
 
 FORMATS = ("chat", "pair", "flat")
 
@@ -113,6 +113,7 @@ def load_scorer(path: str, fmt: str, dtype: str = "float32"):
     return model, models.load_tokenizer(path, chat_template="chatml" if fmt == "chat" else None, chat=fmt == "chat")
 
 
+@preflight.timed
 def pairwise_accuracy(model, tokenizer, dataset, fmt: str, max_length: int, batch_size: int = 32) -> dict:
     """Held-out pairwise accuracy: how often r(chosen) > r(rejected), with a Wilson 95% interval."""
     prompts = [row["prompt"] for row in dataset]

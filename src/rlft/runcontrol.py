@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
-from rlft import rundir
+from rlft import preflight, rundir
 from rlft.errors import Stopped, UserError
 
 
@@ -73,6 +73,8 @@ def fit(trainer, cfg) -> None:
     from rlft.metrics import use_stage_progress  # the stage imported it: no cost here, none at a config error
 
     trainer.add_callback(_run_control(trainer))
+    if preflight.active():  # rlft pipeline --preflight: one optimizer step, timed
+        trainer.add_callback(preflight.callback(trainer))
     use_stage_progress(trainer, cfg.stage.name)  # one line per log step under a bar named after the stage
     if trainer.args.learning_rate == 0 and rundir.is_main_process():  # legal (the start model through the
         print(f"rlft: {ZERO_LR}", file=sys.stderr, flush=True)       # training path), but never silent
@@ -84,6 +86,11 @@ def fit(trainer, cfg) -> None:
         _run.training = False
     _run.after_training = True  # only once training returned: a write that fails inside it is not model/'s
     check_finite(trainer, cfg)
+
+
+def checkpoint_bytes() -> int | None:
+    """The bytes one checkpoint of this run takes (weights, or the adapter, and AdamW's moments)."""
+    return _run.checkpoint_bytes
 
 
 def batch_facts(args) -> dict:

@@ -13,7 +13,7 @@ import importlib
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlft import config, report, rundir, runcontrol
+from rlft import config, preflight, report, rundir, runcontrol
 from rlft.errors import UserError
 
 
@@ -33,8 +33,11 @@ def train(overrides: list[str], config_dir: str | None = None, print_only: bool 
         raise UserError(f"config: {str(e).splitlines()[0]}") from None
     stage = importlib.import_module(f"rlft.stages.{cfg.stage.name}")
     with runcontrol.running(cfg):
+        preflight.start()  # rlft pipeline --preflight: this run measures itself (rlft.preflight)
         results, card = stage.main(cfg)
         rundir.finish(cfg, results, card)
+        if rundir.is_main_process():
+            preflight.write(cfg, runcontrol.checkpoint_bytes())
     if results and rundir.is_main_process():
         print(f"### {cfg.run_name} ({cfg.run_dir})\n")
         print(report.markdown(report.rows([{"name": cfg.run_name, "stage": cfg.stage.name, "results": results}])))

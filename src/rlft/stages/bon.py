@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from transformers import set_seed
 
-from rlft import evaluate, models, reward_functions
+from rlft import evaluate, models, preflight, reward_functions
 from rlft.config import build
 from rlft.errors import UserError
 
@@ -39,7 +39,7 @@ def main(cfg) -> tuple[dict, dict]:
                         "stage=winrate")
     if cfg.select not in ("verifier", "reward"):
         raise UserError(f"select={cfg.select!r}: choose verifier or reward")
-    heldout = build(cfg.data.heldout, **({"n": cfg.num_prompts} if cfg.num_prompts else {}))
+    heldout = preflight.cap(build(cfg.data.heldout, **({"n": cfg.num_prompts} if cfg.num_prompts else {})), "eval")
 
     # 2. the policy to evaluate (any model dir: init_from)
     path = models.resolve_model_path(cfg.model, cfg.init_from)

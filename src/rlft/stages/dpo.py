@@ -16,7 +16,7 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import DPOTrainer
 
-from rlft import models
+from rlft import models, preflight
 from rlft.config import build
 from rlft.data import count_over_length
 from rlft.evaluate import recorded_heldout
@@ -28,8 +28,9 @@ from rlft.runcontrol import batch_facts, fit
 def main(cfg) -> tuple[dict | None, dict]:
     # 1. seed and data first, so a bad data file fails before any model loads
     set_seed(cfg.seed)
-    train_dataset = build(cfg.data.preference_dataset)
-    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None
+    train_dataset = preflight.cap(build(cfg.data.preference_dataset), "train")  # cap: a handful in a pre-flight
+    heldout = preflight.cap(build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None,
+                            "eval")
 
     # 2. policy and reference from the same weights
     path = models.resolve_model_path(cfg.model, cfg.init_from)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from transformers import set_seed
 
-from rlft import models, reward_functions
+from rlft import models, preflight, reward_functions
 from rlft.config import build
 from rlft.errors import UserError
 from rlft.evaluate import recorded_heldout
@@ -30,8 +30,9 @@ def main(cfg) -> tuple[dict | None, dict]:
     set_seed(cfg.seed)
     if not cfg.data.get("prompt_dataset"):
         raise UserError(f"stage=rloo needs prompts: data={cfg.data.name} has no prompt_dataset")
-    train_dataset = build(cfg.data.prompt_dataset)
-    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None
+    train_dataset = preflight.cap(build(cfg.data.prompt_dataset), "train")  # cap: a handful in a pre-flight
+    heldout = preflight.cap(build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None,
+                            "eval")
 
     # 2. rewards, each guarded, weighted in config order (a bad reward-model path fails here, early too)
     names, reward_funcs, weights = reward_functions.from_config(cfg.reward, cfg.stage.unscorable_patience)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from transformers import set_seed
 
-from rlft import models, reward_models
+from rlft import models, preflight, reward_models
 from rlft.config import build
 from rlft.errors import UserError
 from rlft.metrics import MetricsLogger
@@ -25,8 +25,8 @@ from rlft.runcontrol import batch_facts, fit
 def main(cfg) -> tuple[dict | None, dict]:
     # 1. seed and data first, so a bad data file fails before any model loads
     set_seed(cfg.seed)
-    pairs = build(cfg.data.preference_dataset)
-    heldout = build(cfg.data.preference_heldout) if cfg.data.get("preference_heldout") else None
+    pairs = preflight.cap(build(cfg.data.preference_dataset), "train")  # cap: a handful in a pre-flight
+    heldout = preflight.cap(build(cfg.data.preference_heldout) if cfg.data.get("preference_heldout") else None, "eval")
 
     # 2. the reward model (init_from: continue from an earlier reward model dir)
     rm = cfg.reward_model

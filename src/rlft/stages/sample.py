@@ -26,7 +26,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from rlft import evaluate, models, rundir, stats
+from rlft import evaluate, models, preflight, rundir, stats
 from rlft.config import build
 from rlft.errors import UserError
 
@@ -45,7 +45,7 @@ def main(cfg) -> tuple[dict, dict]:
         raise UserError(f"stage=sample judges samples with the data's task and draws from its prompt_dataset; "
                         f"data={cfg.data.name} lacks {'a task' if not cfg.data.get('task') else 'a prompt_dataset'}")
     task = build(cfg.data.task)
-    prompts = build(cfg.data.prompt_dataset, **({"n": cfg.num_prompts} if cfg.num_prompts else {}))
+    prompts = preflight.cap(build(cfg.data.prompt_dataset, **({"n": cfg.num_prompts} if cfg.num_prompts else {})), "eval")
     rows = prompts.to_list()
     missing = task.missing_columns(rows[0]) if rows else []
     if missing:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import SFTTrainer
 
-from rlft import models
+from rlft import models, preflight
 from rlft.config import build
 from rlft.data import count_over_length, dropped_rows
 from rlft.errors import UserError
@@ -25,8 +25,9 @@ def main(cfg) -> tuple[dict | None, dict]:
     # 1. seed and data first, so a bad data file fails before any model loads
     # (generated training sets exclude the held-out problems by config)
     set_seed(cfg.seed)
-    train_dataset = build(cfg.data.sft_dataset)
-    heldout = build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None
+    train_dataset = preflight.cap(build(cfg.data.sft_dataset), "train")  # cap: a handful in a pre-flight
+    heldout = preflight.cap(build(cfg.data.heldout) if cfg.data.get("heldout") and cfg.data.get("evaluate") else None,
+                            "eval")
 
     # 2. model and tokenizer (init_from beats the preset: start from an earlier run)
     path = models.resolve_model_path(cfg.model, cfg.init_from)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 from transformers import set_seed
 
-from rlft import evaluate, models, reward_functions
+from rlft import evaluate, models, preflight, reward_functions
 from rlft.config import build
 from rlft.errors import UserError
 
@@ -39,7 +39,7 @@ def main(cfg) -> tuple[dict, dict]:
                         "set reference=MODEL_DIR (the paper's is Qwen/Qwen2.5-0.5B-Instruct)")
     if cfg.select not in (None, "reward"):
         raise UserError(f"select={cfg.select!r}: choose null (no best-of-n pick) or reward")
-    heldout = build(cfg.data.heldout, **({"n": cfg.num_prompts} if cfg.num_prompts else {}))
+    heldout = preflight.cap(build(cfg.data.heldout, **({"n": cfg.num_prompts} if cfg.num_prompts else {})), "eval")
 
     # 2. the policy to evaluate (any model dir: init_from), the reference and the judge
     path = models.resolve_model_path(cfg.model, cfg.init_from)
