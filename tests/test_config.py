@@ -187,6 +187,9 @@ def test_paper_cells_follow_the_authors_settings():
                                                                                       "lora_dropout": 0.05}
     assert sorted(lora.peft.config.target_modules) == ["k_proj", "o_proj", "q_proj", "v_proj"]
     assert c("paper_math_sft_lora").peft.name == "lora"
+    for name in ("paper_math_sft", "paper_math_sft_lora"):  # the authors' warm-start set: both splits
+        assert c(name).data.sft_dataset.split == "train+test", name
+    assert c("paper_math_sft_synthetic").data.sft_dataset._target_ == "rlft.data.countdown_sft_dataset"
     for name in PAPER:  # the authors' chain: IF DPO and RLOO start from (and refer to) the merged LoRA SFT model
         if name.startswith(("paper_if_dpo", "paper_if_rloo")):
             assert c(name).init_from == "runs/paper_if_sft_lora/model", name

@@ -109,7 +109,10 @@ def test_datasets_have_the_hub_schemas_and_splits(probe):
     assert uf["train_prefs"]["features"] == {
         "prompt": "Value('string')", "prompt_id": "Value('string')", "chosen": CHAT, "rejected": CHAT,
         "messages": CHAT, "score_chosen": "Value('float64')", "score_rejected": "Value('float64')"}
-    assert probe[hub.WARMSTART]["train"]["features"] == {"query": "Value('string')", "completion": "Value('string')"}
+    warm = probe[hub.WARMSTART]
+    assert warm["train"]["features"] == {"query": "Value('string')", "completion": "Value('string')"}
+    # paper_math_sft's data.sft_dataset.split=train+test (the authors') reads both splits
+    assert (warm["train"]["rows"], warm["test"]["rows"], warm["train+test"]["rows"]) == (1000, 100, 1100)
     assert probe[hub.COUNTDOWN_TASKS]["train"] == {
         "rows": 3000, "features": {"target": "Value('int64')", "nums": "List(Value('int64'))"}}
 

@@ -24,7 +24,7 @@ from rlft.rehearsal import hub
 SPLITS = {
     hub.SMOLTALK: ["train", "test"],
     hub.ULTRAFEEDBACK: ["train_prefs", "test_prefs", "train_gen", "test_gen", "train_sft", "test_sft"],
-    hub.WARMSTART: ["train"],
+    hub.WARMSTART: ["train", "test", "train+test"],  # train+test: the authors' SFT set (paper_math_sft)
     hub.COUNTDOWN_TASKS: ["train"],
 }
 

@@ -160,10 +160,12 @@ def cog_behav_rows(n: int, seed: int, heldout: list[dict], n_heldout: int = 8) -
 
 def write_countdown(tasks_folder: Path, warmstart_folder: Path, seed: int = 0) -> None:
     """Jiayi-Pan/Countdown-Tasks-3to4 (train: target, nums) and Asap7772/cog_behav_all_strategies
-    (train: query, completion), the latter with rows posing problems the former's held-out draw picks."""
+    (train and test: query, completion; the authors' SFT reads both), the latter with rows posing
+    problems the former's held-out draw picks."""
     tasks = countdown_tasks_rows(3000, seed + 20)
     _write_repo(tasks_folder, "Jiayi-Pan/Countdown-Tasks-3to4", {"train": tasks}, "countdown_tasks",
                 "Problems from rlft.tasks.countdown.generate_problems (3-4 numbers in 0..99, target 1..100).")
     _write_repo(warmstart_folder, "Asap7772/cog_behav_all_strategies",
-                {"train": cog_behav_rows(1000, seed + 21, heldout_draw(tasks))}, "cog_behav",
-                "8 rows pose problems of Countdown-Tasks-3to4's held-out draw (seed 1000003, n=200).")
+                {"train": cog_behav_rows(1000, seed + 21, heldout_draw(tasks)),
+                 "test": cog_behav_rows(100, seed + 22, heldout_draw(tasks), n_heldout=2)}, "cog_behav",
+                "8 train and 2 test rows pose problems of Countdown-Tasks-3to4's held-out draw (seed 1000003, n=200).")

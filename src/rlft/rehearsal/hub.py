@@ -93,7 +93,7 @@ def build_hub(root: str | Path, *, qwen_layers: int = 24, reward_layers: int = 2
         ({"seed": seed}, [("dataset", SMOLTALK)], lambda f: data.write_smoltalk(f[0], seed)),
         ({"seed": seed}, [("dataset", ULTRAFEEDBACK)], lambda f: data.write_ultrafeedback(f[0], seed)),
         # one step: the warm-start set poses some of Countdown-Tasks' held-out problems
-        ({"seed": seed}, [("dataset", COUNTDOWN_TASKS), ("dataset", WARMSTART)],
+        ({"seed": seed, "warmstart_splits": ["train", "test"]}, [("dataset", COUNTDOWN_TASKS), ("dataset", WARMSTART)],
          lambda f: data.write_countdown(f[0], f[1], seed)),
     ]
     built = {}
