@@ -48,7 +48,7 @@ def test_a_cell_that_fails_stops_the_preflight_with_its_line(tmp_path, capsys):
                     preflight_dir=str(tmp_path / "pf"))
     printed = capsys.readouterr().out
     assert code == 1
-    assert "| sft | | | | | | | | failed: data.sft_dataset: none of" in printed
+    assert "| sft | | | | | | | | | failed: data.sft_dataset: none of" in printed
     assert not (tmp_path / "pf" / "sft_bon").exists()  # nothing after the failed cell runs
 
 
@@ -66,7 +66,7 @@ def _record(**kw):
          "devices": {"Qwen2ForCausalLM (trained)": "cuda:0", "reference": "cuda:0"}, "world_size": 1, "per_step": 32,
          "memory": {"peak_bytes": 16 * 2**30, "device_bytes": 80 * 2**30, "kind": "cuda"}, "step_s": 3.0,
          "next_step_s": 1.0, "steps": 1000, "estimate_s": 1100.0, "model_bytes": 2 * 2**30,
-         "checkpoint_bytes": 12 * 2**30, "keep_checkpoints": False}
+         "checkpoint_bytes": 12 * 2**30, "keep_checkpoints": False, "rows": {"train": [61135, 256], "eval": [400, 4]}}
     return {**r, **kw}
 
 
@@ -89,3 +89,7 @@ def test_table_says_the_disk_and_a_batch_that_is_not_the_recipes():
     text, ok = preflight.table(two, {"paper_if_rloo_deberta": 32, "paper_if_dpo": 128}, None, 2**40)
     assert not ok and "1 x 16 (128) MISMATCH" in text
     assert "whole recipe: 0.61 h estimated for 2 cells" in text
+    assert "| 61135 train, 400 eval | ok |" in text
+    judged = _record(step="paper_if_dpo_winrate", per_step=None, steps=0, judge="http://127.0.0.1:8000/v1")
+    text, ok = preflight.table([judged], {}, None, 2**40)
+    assert ok and "| evaluation |" in text and "ok; judge http://127.0.0.1:8000/v1 answered |" in text

@@ -163,6 +163,8 @@ def write(cfg, checkpoint_bytes: int | None) -> None:
         "model_bytes": sum(_size(run_dir / d) for d in ("model", "adapter")),
         "checkpoint_bytes": (checkpoint_bytes or 0) * (trainer.get("save_total_limit") or 1) if steps else 0,
         "keep_checkpoints": bool(cfg.get("keep_checkpoints", True)),
+        # the run reached DONE, so this judge answered every request it was sent
+        "judge": (cfg.judge.get("base_url") or cfg.judge.name) if cfg.stage.name == "winrate" else None,
     }
     (run_dir / "preflight.json").write_text(json.dumps(record, indent=2) + "\n")
     _cell.clear()
@@ -203,8 +205,8 @@ def verdict(record: dict) -> str:
 def table(records: list[dict], recipe_batches: dict[str, int], failed: tuple[str, str] | None,
           free_bytes: int) -> tuple[str, bool]:
     """The markdown table, a total line and the disk line; and whether every cell may go ahead."""
-    lines = ["| cell | devices | world x batch (recipe's) | peak memory | steps run | steps | estimate | disk | check |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| cell | devices | world x batch (recipe's) | peak memory | steps run | steps | estimate | disk | "
+             "rows checked | check |", "|---|---|---|---|---|---|---|---|---|---|"]
     ok = failed is None
     for r in records:
         check = verdict(r)
@@ -217,10 +219,12 @@ def table(records: list[dict], recipe_batches: dict[str, int], failed: tuple[str
         devices = ", ".join(sorted(set(r["devices"].values()))) or "-"
         disk = _gib(r["model_bytes"]) + (f" (+{_gib(r['checkpoint_bytes'])} checkpoints)" if r["checkpoint_bytes"] else "")
         timing = (f"{r['step_s']:.1f} s, then {r['next_step_s'] or r['step_s']:.2f} s" if r["steps"] else "-")
-        lines.append(f"| {r['step']} | {devices} | {batch} | {_gib(r['memory']['peak_bytes'])} | "
-                     f"{timing} | {r['steps'] or '-'} | {_hours(r['estimate_s'])} | {disk} | {check} |")
+        checked = ", ".join(f"{full} {what}" for what, (full, _) in sorted(r["rows"].items(), reverse=True)) or "-"
+        check += f"; judge {r['judge']} answered" if r.get("judge") and check == "ok" else ""
+        lines.append(f"| {r['step']} | {devices} | {batch} | {_gib(r['memory']['peak_bytes'])} | {timing} | "
+                     f"{r['steps'] or '-'} | {_hours(r['estimate_s'])} | {disk} | {checked} | {check} |")
     if failed:
-        lines.append(f"| {failed[0]} | | | | | | | | failed: {failed[1]} |")
+        lines.append(f"| {failed[0]} | | | | | | | | | failed: {failed[1]} |")
     need = sum(r["model_bytes"] for r in records) + (
         sum(r["checkpoint_bytes"] for r in records) if any(r["keep_checkpoints"] for r in records)
         else max([r["checkpoint_bytes"] for r in records], default=0))
