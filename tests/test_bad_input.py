@@ -14,6 +14,9 @@ def _files(tmp):
     (tmp / "bad.jsonl").write_text('{"query": "q", "completion": "c"}\n{"query": oops}\n')
     (tmp / "empty.jsonl").write_text("\n")
     (tmp / "latin1.jsonl").write_bytes(b'{"query": "caf\xe9"}\n')
+    (tmp / "null_row.jsonl").write_text('{"query": "q", "completion": "c"}\nnull\n')
+    (tmp / "string_row.jsonl").write_text('"just a sentence"\n')
+    (tmp / "null_row.json").write_text('[{"query": "q", "completion": "c"}, null]')
     (tmp / "dir.jsonl").mkdir()
     (tmp / "broken.parquet").write_bytes(b"PAR1 not really")
     (tmp / "notamodel").mkdir()
@@ -61,6 +64,12 @@ CATALOGUE = [
     ("data file not UTF-8", [WARM, "data.sft_dataset.path={tmp}/latin1.jsonl"], "latin1.jsonl' cannot be read"),
     ("corrupt parquet", [WARM, "data.sft_dataset.path={tmp}/broken.parquet"], "broken.parquet' cannot be read"),
     ("malformed JSONL line", [WARM, "data.sft_dataset.path={tmp}/bad.jsonl"], "bad.jsonl:2: not valid JSON"),
+    ("JSONL row that is null", [WARM, "data.sft_dataset.path={tmp}/null_row.jsonl"],
+     "null_row.jsonl:2: expected a JSON object, got NoneType"),
+    ("JSONL row that is a string", [WARM, "data.sft_dataset.path={tmp}/string_row.jsonl"],
+     "string_row.jsonl:1: expected a JSON object, got str"),
+    ("JSON list holding null", [WARM, "data.sft_dataset.path={tmp}/null_row.json"],
+     "null_row.json': row 1: expected a JSON object, got null"),
     ("row missing a field", [WARM, "data.sft_dataset.path={tmp}/warm.jsonl"],
      "warm.jsonl: row 1: missing required field 'completion'"),
     ("hub dataset while offline", [WARM, "data.sft_dataset.path=nobody/nothing"], "dataset 'nobody/nothing'"),
@@ -194,6 +203,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, run_
     assert code == 2 and "another config" in line and "stage.trainer.learning_rate (1000000000.0 -> 0.001)" in line
     code, _, err = run_cli("train", "stage=dpo", "data=ifcheck", f"run_dir={run_dir}", "resume=true")
     assert code == 2 and "stage.name ('sft' -> 'dpo')" in error_line(err)
+    code, _, err = run_cli("train", *base, "model.build.hidden_size=64")  # another model shape
+    assert code == 2 and "model.build.hidden_size" in error_line(err) and "Traceback" not in err
     assert (run_dir / "config.yaml").read_text() == saved
 
 

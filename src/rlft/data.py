@@ -87,6 +87,9 @@ def _read_json(p: Path) -> list[dict]:
         raise UserError(f"data file {str(p)!r} cannot be read as JSON ({e})") from None
     if not isinstance(rows, list):
         raise UserError(f"data file {str(p)!r}: expected a JSON list of rows")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise UserError(f"data file {str(p)!r}: row {i}: expected a JSON object, got {json.dumps(row)[:40]}")
     return rows
 
 

@@ -100,6 +100,33 @@ def test_a_reward_that_never_scores_stops_the_run_in_one_line(tmp_path, run_cli,
     assert not (run_dir / "DONE").exists() and not (run_dir / "model").exists()
 
 
+def test_a_reward_model_whose_head_gives_nan_stops_the_run_in_one_line(tmp_path, run_cli, tiny_base):
+    """A reward model whose every score is NaN (a broken head) marks every sample unscorable: after
+    stage.unscorable_patience batches the run stops, naming the reward, with no model and no DONE."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from rlft import config
+
+    rm = tmp_path / "nan_rm"
+    shutil.copytree(config.build(config.compose(["reward_model=tiny"]).reward_model.build), rm,
+                    ignore=shutil.ignore_patterns("manifest.json", "build.json"))  # a plain model dir
+    weights = load_file(str(rm / "model.safetensors"))
+    weights["score.weight"] = torch.full_like(weights["score.weight"], float("nan"))
+    save_file(weights, str(rm / "model.safetensors"), metadata={"format": "pt"})
+    run_dir = tmp_path / "nan"
+    code, _, err = run_cli("train", "stage=rloo", "model=tiny", "data=ifcheck", "reward=reward_model",
+                           f"reward.path={rm}", f"init_from={tiny_base}", f"run_dir={run_dir}",
+                           "data.prompt_dataset.n=64", "stage.unscorable_patience=2",
+                           *[a for a in FAST if a != "max_steps=2"], "max_steps=4")
+    lines = [line for line in err.splitlines() if line.startswith("rlft: error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert "reward reward_model scored no sample in 2 batches in a row" in lines[0], lines[0]
+    assert not (run_dir / "DONE").exists() and not (run_dir / "model").exists()
+
+
 def test_prompts_past_the_cap_or_the_models_positions_are_dropped_and_counted(tiny_base):
     """TRL 1.16 has no prompt cap: rlft keeps prompts of at most stage.max_prompt_length tokens
     (chat template applied) that leave max_completion_length positions free; none left is one line."""
