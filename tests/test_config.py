@@ -108,7 +108,7 @@ def test_paper_recipes_train_float32_master_weights(name):
     that run forward alone (reference, evaluation) may be bf16, and only where the GPU has it."""
     cfg = config.compose([f"experiment={name}"])
     config.validate(cfg)
-    trained = config.TRAINED.get(cfg.stage.name)
+    trained = config.trained_group(cfg)
     if trained:
         assert cfg[trained].dtype == "float32", (name, trained)
     assert cfg.model.frozen_dtype == "float32"  # no GPU here: bf16 only where torch.cuda.is_bf16_supported()

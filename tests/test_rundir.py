@@ -403,3 +403,20 @@ def test_a_full_disk_is_told_apart_from_other_write_failures(tmp_path, monkeypat
     full.filename = None
     assert str(rundir.explain_write_failure(full, run_dir, after_training=True, weights_bytes=4_470_408)).startswith(
         f"no space left on device writing {run_dir / 'model'} (needs about 4.5 MB, 0 B free)")
+
+
+def test_a_run_saved_before_stage_trains_existed_is_the_same_config(tmp_path):
+    """stage.trains is what stage.name implies, not a setting: a DONE step or a checkpoint whose
+    config.yaml predates the key is not "another config"; a real change still is."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from rlft import config, rundir
+
+    cfg = config.compose(["stage=sft", "model=tiny", "data=countdown", f"run_dir={tmp_path}"])
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    assert saved["stage"].pop("trains") == "model"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert rundir.config_changes(cfg, tmp_path) == ""
+    cfg.stage.trainer.learning_rate = 1e-3
+    assert rundir.config_changes(cfg, tmp_path).startswith("stage.trainer.learning_rate (5e-06 -> 0.001)")

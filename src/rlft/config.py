@@ -354,13 +354,15 @@ def _check_decoding(key: str, decoding) -> None:
                             f"> 0; for greedy answers set {key}.do_sample=false")
 
 
-# stage -> the config group whose weights it trains
-TRAINED = {"sft": "model", "dpo": "model", "rloo": "model", "rm": "reward_model"}
+def trained_group(cfg) -> str | None:
+    """The config group whose weights the stage trains (its yaml's `trains:`: model, reward_model),
+    None for the stages that only evaluate."""
+    return cfg.get("stage", {}).get("trains")
 
 
 def _trains(cfg) -> bool:
     """Whether this run hands a model to a Trainer (stage=rm stage.train=false only evaluates)."""
-    return cfg.stage.get("name") in TRAINED and cfg.stage.get("train", True) is not False
+    return trained_group(cfg) is not None and cfg.stage.get("train", True) is not False
 
 
 def refuse_data_parallel(what: str, how: str) -> None:
@@ -457,7 +459,7 @@ def _check_master_weights(cfg) -> None:
     updates away at the paper's learning rates (one step at lr 5e-6 changes ~8% of N(0, 0.02) bf16
     weights, at 5e-7 ~1%). bf16 speed comes from autocast (stage.trainer.bf16). A LoRA adapter is
     kept in float32 by peft whatever its frozen base is, so peft runs may load a half-precision base."""
-    group = TRAINED.get(cfg.stage.name)
+    group = trained_group(cfg)
     if group is None or cfg.peft.get("config") is not None:
         return
     dtype = cfg[group].get("dtype", "float32")

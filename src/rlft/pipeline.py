@@ -84,12 +84,13 @@ def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool 
     plan, recipe_batches = [], {}  # (name, tags, trains, overrides, done); every step validated before the first runs
     for step in _each(OmegaConf.to_container(cfg.pipeline, resolve=True)):
         args = [*step["overrides"], *forward]
-        stage = _compose_step(step["name"], args, config_dir).stage.name
+        composed = _compose_step(step["name"], args, config_dir)
+        stage, trains = composed.stage.name, config.trained_group(composed) is not None
         tags = {stage, *step.get("tags", [])}
         args += [o for tag, o in tagged if tag in tags]
         step_dir = run_dir / step["name"]
         step_cfg = _check_step(step["name"], [*args, f"run_dir={step_dir}"], config_dir)
-        if stage in config.TRAINED:  # the one-process recipe's batch, before a launcher spreads it
+        if trains:  # the one-process recipe's batch, before a launcher spreads it
             trainer = step_cfg.stage.trainer
             recipe_batches[step["name"]] = (trainer.per_device_train_batch_size
                                                  * trainer.get("gradient_accumulation_steps", 1))
@@ -98,7 +99,7 @@ def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool 
             # a DONE step built on a step that runs again is stale: it reruns after it (kept aside till DONE)
             print(f"rlft pipeline: {step['name']}: reruns, its input {inputs} runs again", flush=True)
             done, args = False, [*args, "overwrite=true"]
-        plan.append((step["name"], tags, stage in config.TRAINED, args, done))
+        plan.append((step["name"], tags, trains, args, done))
     every_tag = set().union(*(tags for _, tags, *_ in plan))
     for tag, override in tagged:
         if tag not in every_tag:

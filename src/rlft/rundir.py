@@ -306,6 +306,7 @@ def _start(cfg, run_dir: Path) -> Path:
 
 
 RESUME_MAY_CHANGE = {"resume", "overwrite", "report_to"}  # top-level keys a resumed run may set anew
+STAGE_FACTS = {"stage.trains"}  # what stage.name implies, not a setting: a run saved before the key was added matches
 
 
 def _refuse_another_config(cfg, run_dir: Path) -> None:
@@ -332,7 +333,8 @@ def config_changes(cfg, run_dir: Path, may_change: set[str] = frozenset()) -> st
     except (OSError, yaml.YAMLError):
         return ""  # unreadable: the checkpoint's own checks decide
     new = OmegaConf.to_container(cfg, resolve=True)
-    changed = [k for k in _changed_keys(old, new) if k.split(".")[0] not in RESUME_MAY_CHANGE and k not in may_change]
+    changed = [k for k in _changed_keys(old, new)
+               if k.split(".")[0] not in RESUME_MAY_CHANGE and k not in may_change and k not in STAGE_FACTS]
     changed.sort(key=lambda k: k not in ("stage.name", "model.name", "data.name"))  # what the run is, first
     shown = ", ".join(f"{k} ({_at(old, k)!r} -> {_at(new, k)!r})" for k in changed[:3])
     return shown + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
