@@ -3,6 +3,7 @@ reply depends on the request (so order, retries, bounds and failures are observa
 
 import collections
 import json
+import textwrap
 import socket
 import threading
 import time
@@ -404,6 +405,40 @@ def test_an_interrupt_returns_at_once_leaving_the_requests_in_flight(server):
         signal.signal(signal.SIGALRM, previous)
     with state.lock:
         assert state.calls["held"] == 2 and state.calls["held answered"] == 0  # two in flight, none back
+
+
+def test_ctrl_c_during_judge_requests_exits_without_a_thread_traceback(server):
+    """Ctrl-C in a process whose judge workers wait on the endpoint: the process exits at once, and
+    Python prints no thread-shutdown traceback at exit (the workers are daemons nobody joins)."""
+    import signal
+    import subprocess
+    import sys
+
+    base, state = server
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from rlft.judge import endpoint_scores
+        try:
+            endpoint_scores([[{{"role": "user", "content": "q"}}]] * 3, ["a", "b", "c"], {base + "/held"!r},
+                            "nemotron-test", concurrency=2)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        """)], stderr=subprocess.PIPE, text=True)
+    try:
+        while True:  # both workers' requests in flight
+            with state.lock:
+                if state.calls["held"] == 2:
+                    break
+            assert child.poll() is None, child.stderr.read()
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)  # a guard against a hang, not a speed bound
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    with state.lock:
+        assert state.calls["held answered"] == 0  # it did not wait for them
 
 
 def test_unparsable_reward_names_the_sample_and_quotes_the_reply(server):
