@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from rlft import evaluate, models
+from rlft import evaluate, generation, models
 from rlft.config import build, compose
 from rlft.tasks import countdown
 
@@ -34,12 +34,12 @@ def main() -> None:
     model.generation_config.min_new_tokens = args.max_new_tokens
 
     start = time.perf_counter()
-    batched = evaluate.generate(model, tokenizer, prompts, batch_size=args.prompts, num_return_sequences=args.n,
+    batched = generation.generate(model, tokenizer, prompts, batch_size=args.prompts, num_return_sequences=args.n,
                                 desc="batched", **kw)
     t_batched = time.perf_counter() - start
     start = time.perf_counter()
     single = [s for p in prompts for _ in range(args.n)
-              for s in evaluate.generate(model, tokenizer, [p], batch_size=1, desc="one at a time", **kw)]
+              for s in generation.generate(model, tokenizer, [p], batch_size=1, desc="one at a time", **kw)]
     t_single = time.perf_counter() - start
     assert len(batched) == len(single) == args.n * args.prompts
     total = len(batched)

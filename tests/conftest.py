@@ -90,7 +90,7 @@ def countdown_sft(tmp_path_factory, tiny_base) -> str:
 
 
 def record_model_uses(monkeypatch, device=None) -> list[tuple[str, str, bool]]:
-    """Every model a stage samples from or scores with, seen where it is used (evaluate.generate and
+    """Every model a stage samples from or scores with, seen where it is used (generation.generate and
     reward_models.score, which every sampling and scoring path goes through): a list of
     (what: generate's desc or "reward_models.score", the device its weights sit on, whether
     models.on_accelerator put it there).
@@ -104,7 +104,7 @@ def record_model_uses(monkeypatch, device=None) -> list[tuple[str, str, bool]]:
 
     import torch
 
-    from rlft import evaluate, models, reward_models
+    from rlft import generation, models, reward_models
 
     placed, uses = {}, []  # id(placed model) -> (model, {name: CPU copy of its weights and buffers} or None)
     real_place = models.on_accelerator
@@ -140,7 +140,7 @@ def record_model_uses(monkeypatch, device=None) -> list[tuple[str, str, bool]]:
         return use
 
     monkeypatch.setattr(models, "on_accelerator", place)
-    monkeypatch.setattr(evaluate, "generate", seen("evaluate.generate", evaluate.generate))
+    monkeypatch.setattr(generation, "generate", seen("generation.generate", generation.generate))
     monkeypatch.setattr(reward_models, "score", seen("reward_models.score", reward_models.score))
     if device is not None:
         monkeypatch.setattr(models, "accelerator_device", lambda: device)

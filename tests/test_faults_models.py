@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import error_line
 
-from rlft import models
+from rlft import generation, models
 from rlft.errors import UserError
 
 RLFT = str(Path(sys.executable).parent / "rlft")
@@ -177,7 +177,7 @@ def test_deberta_reward_model_as_the_policy_is_refused_before_loading(pristine):
     with pytest.raises(UserError, match=r"is a reward model \(DebertaV2ForSequenceClassification\), expected a causal"):
         models.load_causal_lm(str(pristine["rm_deberta"]))
     with pytest.raises(UserError, match=r"is a reward model .*expected a causal LM"):
-        models.VLLMPolicy(str(pristine["rm"]), "float32", [0], 0)  # before vllm is even imported
+        generation.VLLMPolicy(str(pristine["rm"]), "float32", [0], 0)  # before vllm is even imported
 
 
 def test_every_dir_rlft_writes_still_loads_as_its_kind(pristine, tmp_path):

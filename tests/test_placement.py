@@ -51,7 +51,7 @@ def test_on_accelerator_moves_a_model_to_the_device_and_leaves_others_owners_alo
     for model in (mapped, quantized, zero3):
         assert models.on_accelerator(model) is model and model.weight.device.type == "cpu"
 
-    class Served:  # a models.VLLMPolicy: vLLM holds the weights
+    class Served:  # a generation.VLLMPolicy: vLLM holds the weights
         pass
 
     served = Served()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlft import evaluate, models, reward_functions, reward_models
+from rlft import evaluate, generation, models, reward_functions, reward_models
 from rlft.config import compose
 
 
@@ -32,7 +32,7 @@ def test_smollm2_builds_from_the_package_and_answers_like_the_real_model(smollm2
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>" and models.stop_token_ids(tokenizer) == [2]
-    answer = evaluate.generate(model, tokenizer, ["The capital of France is"], max_new_tokens=3)
+    answer = generation.generate(model, tokenizer, ["The capital of France is"], max_new_tokens=3)
     assert answer[0].startswith(" Paris")
     assert models.resolve_model_path(compose(["model=smollm2_135m"]).model) == path  # built once, reused
 
@@ -43,7 +43,7 @@ def test_sampling_stops_at_im_end(smollm2, monkeypatch):
     generate = model.generate
     monkeypatch.setattr(model, "generate", lambda **kw: outputs.append(generate(**kw)) or outputs[-1])
     prompts = evaluate.chat_prompts(tokenizer, ["What is the capital of France? Answer in one word.", "Say hi."], None)
-    texts = evaluate.generate(model, tokenizer, prompts, max_new_tokens=40)
+    texts = generation.generate(model, tokenizer, prompts, max_new_tokens=40)
     prompt_len = tokenizer(prompts, padding=True, return_tensors="pt")["input_ids"].shape[1]
     for text, ids in zip(texts, outputs[0][:, prompt_len:].tolist()):
         assert 2 in ids, f"never stopped: {text!r}"

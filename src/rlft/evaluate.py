@@ -1,18 +1,16 @@
-"""Sampling from a policy and scoring it on held-out rows through their task (rlft.tasks)."""
+"""Scoring a policy on held-out rows through their task (rlft.tasks); its answers come from
+rlft.generation."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 from transformers import set_seed
 
-from rlft import preflight, stats
+from rlft import generation, stats
 from rlft.stats import expected_max_at_k, expected_pick_at_k, pass_at_k, win_rate
-from rlft.models import stop_token_ids
 from rlft.tasks import Task
 
 
@@ -26,64 +24,6 @@ def chat_prompts(tokenizer, user_texts: list[str], system_prompt: str | None = N
     """Render user turns with the chat template, ending where the assistant starts."""
     return [tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             for messages in chat_messages(user_texts, system_prompt)]
-
-
-@preflight.timed  # a pre-flight scales sampling time by held-out items
-def generate(
-    model,
-    tokenizer,
-    prompts: list[str],
-    max_new_tokens: int,
-    batch_size: int = 64,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    num_return_sequences: int = 1,
-    desc: str = "sampling",
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-) -> list[str]:
-    """Completions for rendered prompts, batched with left padding and the KV cache.
-
-    Returns len(prompts) * num_return_sequences strings, grouped by prompt. Every decoding knob is
-    passed explicitly, so a model's generation_config.json adds nothing (Qwen2.5-Instruct's would
-    add repetition_penalty 1.1, top_k 20 and top_p 0.8). top_p applies when sampling;
-    repetition_penalty (1.0: off) to greedy decoding too. A models.VLLMPolicy samples through vLLM
-    instead (same strings, same grouping).
-    """
-    # Hydra reads `temperature=2` as an int, and transformers' logits processors refuse ints
-    temperature, top_p, repetition_penalty = float(temperature), float(top_p), float(repetition_penalty)
-    if hasattr(model, "generate_texts"):
-        return model.generate_texts(prompts, max_new_tokens, do_sample, temperature, num_return_sequences, top_p,
-                                    repetition_penalty)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    completions: list[str] = []
-    try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-            batch = tokenizer(
-                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(device)
-            with torch.no_grad():
-                out = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=do_sample,
-                    temperature=temperature if do_sample else None,
-                    top_p=top_p if do_sample else None,
-                    top_k=None,
-                    repetition_penalty=repetition_penalty,
-                    num_return_sequences=num_return_sequences,
-                    eos_token_id=stop_token_ids(tokenizer),
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            new = out[:, batch["input_ids"].shape[1] :]  # (B*n, T_new)
-            completions += tokenizer.batch_decode(new, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return completions
 
 
 def task_prompts(tokenizer, task: Task, rows: list[dict], system_prompt: str | None) -> list[str]:
@@ -119,7 +59,7 @@ def heldout(model, tokenizer, rows: list[dict], task: Task, system_prompt: str |
     def answer(which: list[dict], name: str) -> tuple[list[str], list]:
         if decoding["do_sample"] and seed is not None:
             set_seed(seed)
-        responses = generate(model, tokenizer, task_prompts(tokenizer, task, which, system_prompt), max_new_tokens,
+        responses = generation.generate(model, tokenizer, task_prompts(tokenizer, task, which, system_prompt), max_new_tokens,
                              batch_size, decoding["do_sample"], decoding["temperature"], desc=f"{name} held-out",
                              top_p=decoding["top_p"], repetition_penalty=decoding["repetition_penalty"])
         return responses, [task.verdict(r, row) for r, row in zip(responses, which, strict=True)]
@@ -185,7 +125,7 @@ def best_of_n(model, tokenizer, rows: list[dict], task: Task, system_prompt: str
     highest-key sample instead, judged by the task.
     """
     prompts = task_prompts(tokenizer, task, rows, system_prompt)
-    responses = generate(model, tokenizer, prompts, max_new_tokens, max(1, batch_size // n), do_sample=True,
+    responses = generation.generate(model, tokenizer, prompts, max_new_tokens, max(1, batch_size // n), do_sample=True,
                          temperature=temperature, num_return_sequences=n, desc=f"{task.name} best-of-{n}")
     verdicts = [[task.verdict(r, row) for r in responses[i * n : (i + 1) * n]] for i, row in enumerate(rows)]
     keys = None
@@ -245,7 +185,7 @@ def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows:
     def respond(who, tok, desc: str) -> list[str]:
         if decoding["do_sample"] and seed is not None:
             set_seed(seed)  # each model from the same seed: the reference's samples do not depend on the policy's
-        return generate(who, tok, chat_prompts(tok, texts, system_prompt), max_new_tokens, batch_size,
+        return generation.generate(who, tok, chat_prompts(tok, texts, system_prompt), max_new_tokens, batch_size,
                         decoding["do_sample"], decoding["temperature"], desc=desc, top_p=decoding["top_p"],
                         repetition_penalty=decoding["repetition_penalty"])
 
@@ -263,7 +203,7 @@ def instruction_win_rate(model, tokenizer, reference, reference_tokenizer, rows:
                     for t, a, b, x, y in list(zip(texts, ours, theirs, s_ours, s_theirs))[:10]],
     }
     if selector is not None and n > 1:
-        sampled = generate(model, tokenizer, chat_prompts(tokenizer, texts, system_prompt), max_new_tokens,
+        sampled = generation.generate(model, tokenizer, chat_prompts(tokenizer, texts, system_prompt), max_new_tokens,
                            max(1, batch_size // n), do_sample=True, temperature=temperature, num_return_sequences=n,
                            desc=f"best-of-{n} samples")
         keys = selector([msg for msg in messages for _ in range(n)], sampled, [r for r in rows for _ in range(n)])

@@ -195,11 +195,11 @@ def test_winrate_decoding_reaches_generate_for_both_models_and_results_record_th
 
 
 def test_generate_ignores_a_models_generation_config_and_applies_the_penalty(tiny_base):
-    from rlft import evaluate, models
+    from rlft import evaluate, generation, models
 
     model, tokenizer = models.load_causal_lm(tiny_base, "float32"), models.load_tokenizer(tiny_base, "chatml")
     prompts = evaluate.chat_prompts(tokenizer, ["Write the word cat.", "Count to three.", "Say hi"])
-    plain = evaluate.generate(model, tokenizer, prompts, 12)
+    plain = generation.generate(model, tokenizer, prompts, 12)
     model.generation_config.repetition_penalty = 5.0  # as Qwen2.5-Instruct's generation_config.json adds 1.1
-    assert evaluate.generate(model, tokenizer, prompts, 12) == plain
-    assert evaluate.generate(model, tokenizer, prompts, 12, repetition_penalty=5.0) != plain
+    assert generation.generate(model, tokenizer, prompts, 12) == plain
+    assert generation.generate(model, tokenizer, prompts, 12, repetition_penalty=5.0) != plain

@@ -150,7 +150,7 @@ def test_warmstart_rows_posing_a_hub_heldout_problem_are_dropped(tmp_path):
 # --------------------------------------------------------------------------- the rule in results
 
 class Policy:
-    """Stands in for a model (evaluate.generate calls generate_texts, as for vLLM): answers every
+    """Stands in for a model (generation.generate calls generate_texts, as for vLLM): answers every
     prompt correctly, then ends with a newline, so rlft scores 1.0 and TinyZero's last line 0.0."""
 
     def __init__(self):

@@ -315,7 +315,7 @@ def test_heldout_evaluation_reports_ifbench_beside_ifeval_when_asked():
     reported as ifbench_* with how many rows were checked and dropped (the 294 all accounted for)."""
     from rlft import evaluate
 
-    class Policy:  # stands in for a model (evaluate.generate calls generate_texts, as for vLLM)
+    class Policy:  # stands in for a model (generation.generate calls generate_texts, as for vLLM)
         def generate_texts(self, prompts, max_new_tokens, do_sample, temperature, n, top_p=1.0, rep=1.0):
             return ["a plain answer."] * (len(prompts) * n)
 

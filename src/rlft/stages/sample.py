@@ -26,7 +26,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from rlft import evaluate, models, preflight, rundir, stats
+from rlft import evaluate, generation, models, preflight, rundir, stats
 from rlft.config import build
 from rlft.errors import UserError
 
@@ -54,12 +54,12 @@ def main(cfg) -> tuple[dict, dict]:
     # 2. the model to sample from (any model dir: init_from)
     path = models.resolve_model_path(cfg.model, cfg.init_from)
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template, chat=True)
-    model = models.load_sampling_policy(path, tokenizer, cfg.model.frozen_dtype, cfg.generation_backend, cfg.seed)
+    model = generation.load_sampling_policy(path, tokenizer, cfg.model.frozen_dtype, cfg.generation_backend, cfg.seed)
 
     # 3. k samples per prompt, every one judged by the task
     k = cfg.k
     rendered = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
-    responses = evaluate.generate(model, tokenizer, rendered, cfg.stage.max_new_tokens,
+    responses = generation.generate(model, tokenizer, rendered, cfg.stage.max_new_tokens,
                                   max(1, cfg.stage.batch_size // k), do_sample=True, temperature=cfg.temperature,
                                   num_return_sequences=k, desc=f"{task.name} samples")
     groups = [[(resp, task.verdict(resp, row)) for resp in responses[i * k : (i + 1) * k]]

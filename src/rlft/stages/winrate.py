@@ -21,7 +21,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 from transformers import set_seed
 
-from rlft import evaluate, models, preflight, reward_functions
+from rlft import evaluate, generation, models, preflight, reward_functions
 from rlft.config import build
 from rlft.errors import UserError
 
@@ -45,7 +45,7 @@ def main(cfg) -> tuple[dict, dict]:
     path = models.resolve_model_path(cfg.model, cfg.init_from)
     tokenizer = models.load_tokenizer(path, cfg.model.chat_template, chat=True)
     # generation_backend=vllm on GPU boxes: the same results, sampled by vLLM
-    model = models.load_sampling_policy(path, tokenizer, cfg.model.frozen_dtype, cfg.generation_backend, cfg.seed)
+    model = generation.load_sampling_policy(path, tokenizer, cfg.model.frozen_dtype, cfg.generation_backend, cfg.seed)
     selector = reward_functions.selector(cfg.reward) if cfg.select == "reward" else None
     judge = build(cfg.judge.scorer)
     reference = models.load_frozen_lm(str(cfg.reference), cfg.model.frozen_dtype)
