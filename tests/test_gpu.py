@@ -65,7 +65,7 @@ def test_sampler_and_shared_prompt_pass_on_cuda(tiny_base):
     from transformers import GenerationConfig
 
     from rlft import models, rloo
-    from rlft.sampling import RecordingSampler
+    from rlft.rloo.sampling import RecordingSampler
 
     model, tokenizer = models.load_frozen_lm(tiny_base), models.load_tokenizer(tiny_base)  # placed as stages place it
     assert next(model.parameters()).device == torch.device("cuda", torch.cuda.current_device())

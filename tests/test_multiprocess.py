@@ -187,12 +187,12 @@ import sys
 
 import torch
 
-import rlft.rloo_trl
+import rlft.rloo.trl_copy
 from rlft import models
 from rlft.cli import main
 
 calls = []
-rloo_advantages, save_trained = rlft.rloo_trl.rloo_advantages, models.save_trained
+rloo_advantages, save_trained = rlft.rloo.trl_copy.rloo_advantages, models.save_trained
 
 
 def recorded(rewards, k, beta=0.0, old_logps=None, ref_logps=None, mask=None, kl=None, **kwargs):
@@ -212,7 +212,7 @@ def save_and_record(trainer, *args, **kwargs):
     return policy
 
 
-rlft.rloo_trl.rloo_advantages, models.save_trained = recorded, save_and_record
+rlft.rloo.trl_copy.rloo_advantages, models.save_trained = recorded, save_and_record
 sys.exit(main())
 '''
 

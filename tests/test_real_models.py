@@ -95,7 +95,7 @@ def test_rloo_completion_mask_ends_at_im_end_with_qwen_base_stop_ids(tiny_base, 
     import datasets
     from trl import RLOOConfig
 
-    from rlft import rloo
+    from rlft.rloo import trainer as rloo
 
     base = _qwen_base_conventions(tiny_base, tmp_path / "qwen-base-like")
     tokenizer = models.load_tokenizer(base)

@@ -1,4 +1,4 @@
-"""rlft.rloo.RLOOTrainer against stock trl.RLOOTrainer: the copied methods (rlft.rloo_trl) still match
+"""rlft.rloo.RLOOTrainer against stock trl.RLOOTrainer: the copied methods (rlft.rloo.trl_copy) still match
 upstream outside the fences, the fused head matches TRL's, and whole runs agree step by step."""
 
 import inspect
@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from rlft import rloo, rloo_trl
+from rlft.rloo import trainer as rloo
+from rlft.rloo import trl_copy as rloo_trl
 
 
 def _fenced_diff(ours: str, upstream: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""rlft.sampling.RecordingSampler: through `generate(custom_generate=...)` it draws the tokens stock
+"""rlft.rloo.sampling.RecordingSampler: through `generate(custom_generate=...)` it draws the tokens stock
 generate draws from the same seed, and its log-probs are the ones a full forward recomputes."""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from transformers import GenerationConfig
 
 from rlft import models
-from rlft.sampling import RecordingSampler
+from rlft.rloo.sampling import RecordingSampler
 
 
 @pytest.fixture(scope="module")

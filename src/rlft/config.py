@@ -181,7 +181,7 @@ def _check_rloo_objective(cfg) -> None:
     algorithm = cfg.get("stage", {}).get("algorithm")
     if not algorithm or not {"objective", "pass_k", "pass_k_schedule"} & set(algorithm.keys()):
         return
-    from rlft.objective import pass_k_schedule_from  # pure Python: no trl before a config error
+    from rlft.rloo.objective import pass_k_schedule_from  # pure Python: no trl before a config error
 
     schedule = algorithm.get("pass_k_schedule")
     pass_k_schedule_from(algorithm.get("objective", "mean"), algorithm.get("pass_k"),

@@ -3,7 +3,7 @@ rendered prompts from a transformers model (batched, left-padded, the KV cache) 
 `VLLMPolicy` (vLLM on a GPU box: the same strings, grouped the same way), and
 `load_sampling_policy` gives either from a model dir (generation_backend=transformers | vllm).
 Every held-out answer, best-of-N sample, win-rate answer and stage=sample draw comes through
-here; RLOO's training samples are TRL's, recorded by rlft.sampling.
+here; RLOO's training samples are TRL's, recorded by rlft.rloo.sampling.
 """
 
 from __future__ import annotations

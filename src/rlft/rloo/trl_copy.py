@@ -4,7 +4,7 @@ nothing else: what a trl upgrade has to diff.
 rlft.rloo.RLOOTrainer takes them from `CopiedFromTRL`, ahead of trl.RLOOTrainer's own. Every line
 rlft changed sits between `# --- rlft: begin` and `# --- rlft: end`; tests/test_rloo_trainer.py
 checks that everything outside the fences still equals the installed trl source, so a trl upgrade
-that touches these methods fails loudly. What the fenced lines do is explained in rlft/rloo.py:
+that touches these methods fails loudly. What the fenced lines do is explained in rlft/rloo/trainer.py:
 the old log-probs (the sampler's, or none on-policy) and the one-launch advantages.
 """
 

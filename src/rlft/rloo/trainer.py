@@ -15,7 +15,7 @@ What changes against stock trl.RLOOTrainer, and nothing else:
    no-grad forward for the "old" log-probs is skipped: the policy has not moved since sampling,
    so old == current and the loss uses current.detach() (ratio exp(0) = 1, same gradient). With a
    KL penalty (beta > 0) the KL's old log-probs come from the sampler itself
-   (rlft.sampling.RecordingSampler, transformers' custom_generate hook: the log-prob of each token
+   (rlft.rloo.sampling.RecordingSampler, transformers' custom_generate hook: the log-prob of each token
    as it was drawn, before min_new_tokens / top-k / ... processors, = what the forward recomputes
    to float error); `old_logps="forward"` keeps TRL's forward. tests/test_rloo_trainer.py proves
    the equalities against stock TRL.
@@ -23,7 +23,7 @@ What changes against stock trl.RLOOTrainer, and nothing else:
    once, and the log-prob passes run the shared prompt columns once per distinct prompt and the
    completions against copies of its key/value cache (_shared_prompt_hidden).
 The two trl methods these changes live in, `_generate_and_score_completions` (old log-probs and
-advantages) and `_compute_loss` (the ratio on-policy), are copied verbatim into rlft/rloo_trl.py
+advantages) and `_compute_loss` (the ratio on-policy), are copied verbatim into rlft/rloo/trl_copy.py
 with every changed line fenced; this class takes them from there, so a trl upgrade is a diff of
 that one file.
 """
@@ -40,9 +40,9 @@ from trl.trainer.rloo_trainer import is_peft_model
 from trl.trainer.utils import FusedCausalLMOutput
 
 from rlft.kernels import linear_logprobs
-from rlft.objective import pass_k_schedule_from  # noqa: F401  (rlft.rloo.pass_k_schedule_from)
-from rlft.rloo_trl import CopiedFromTRL
-from rlft.sampling import RecordingSampler, repeated_rows, shareable
+from rlft.rloo.objective import pass_k_schedule_from
+from rlft.rloo.trl_copy import CopiedFromTRL
+from rlft.rloo.sampling import RecordingSampler, repeated_rows, shareable
 
 
 def add_fused_lm_head(model, temperature: float = 1.0, with_entropy: bool = False) -> bool:
