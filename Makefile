@@ -114,10 +114,12 @@ paper-if: setup
 # items, in $(PREFLIGHT_RUNS)/paper_*; then a table per recipe: the device each model sits on, world
 # size and batch against the recipe's, peak memory, step time -> estimated hours for the whole cell,
 # disk against free disk. Exits 1 when a cell fails, would not fit or would idle the GPU (rlft.preflight).
+# PREFLIGHT_RECIPES=paper_math prices one recipe.
 PREFLIGHT_RUNS ?= $(RUNS)/preflight
+PREFLIGHT_RECIPES ?= paper_math paper_if
 paper-preflight: setup
-	$(BIN)/rlft pipeline experiment=paper_math --preflight $(PREFLIGHT_RUNS)/paper_math $(PAPER_PIPELINE) $(PAPER_MATH_ARGS)
-	$(BIN)/rlft pipeline experiment=paper_if --preflight $(PREFLIGHT_RUNS)/paper_if $(PAPER_PIPELINE) $(PAPER_IF_ARGS)
+	$(if $(filter paper_math,$(PREFLIGHT_RECIPES)),$(BIN)/rlft pipeline experiment=paper_math --preflight $(PREFLIGHT_RUNS)/paper_math $(PAPER_PIPELINE) $(PAPER_MATH_ARGS))
+	$(if $(filter paper_if,$(PREFLIGHT_RECIPES)),$(BIN)/rlft pipeline experiment=paper_if --preflight $(PREFLIGHT_RUNS)/paper_if $(PAPER_PIPELINE) $(PAPER_IF_ARGS))
 
 # make rehearsal: make paper-math and make paper-if themselves, offline on CPU, at Qwen2.5-0.5B's
 # real shapes: the same targets, experiment configs and hub ids, served by a local hub
@@ -128,6 +130,7 @@ paper-preflight: setup
 # every cell runs at least one optimizer step, full and LoRA, through the user's code path.
 REHEARSAL_HUB ?= .rehearsal
 REHEARSAL_RUNS ?= $(RUNS)/rehearsal
+REHEARSE_TARGETS ?= paper-math paper-if   # REHEARSE_TARGETS=paper-math rehearses one recipe
 R_TRAIN := stage.trainer.logging_steps=1 stage.trainer.gradient_accumulation_steps=1
 R_SFT := $(R_TRAIN) stage.trainer.per_device_train_batch_size=1 stage.trainer.max_length=256 \
 	stage.trainer.warmup_steps=0
@@ -148,7 +151,7 @@ REHEARSE_ARGS := PAPER_ARGS="max_steps=1 report_to=[]" \
 rehearsal: setup
 	$(BIN)/python -m rlft.rehearsal build --root $(REHEARSAL_HUB)
 	$(BIN)/python -m rlft.rehearsal run --root $(REHEARSAL_HUB) -- \
-		$(MAKE) --no-print-directory paper-math paper-if RUNS=$(REHEARSAL_RUNS) $(REHEARSE_ARGS)
+		$(MAKE) --no-print-directory $(REHEARSE_TARGETS) RUNS=$(REHEARSAL_RUNS) $(REHEARSE_ARGS)
 
 # make rehearsal-preflight: make paper-preflight against the rehearsal hub with make rehearsal's
 # shrink, so each cell's estimate can be held against its time in make rehearsal (docs/paper.md).

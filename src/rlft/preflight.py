@@ -218,7 +218,8 @@ def table(records: list[dict], recipe_batches: dict[str, int], failed: tuple[str
         ok &= not (recipe and per_step and per_step != recipe)
         devices = ", ".join(sorted(set(r["devices"].values()))) or "-"
         disk = _gib(r["model_bytes"]) + (f" (+{_gib(r['checkpoint_bytes'])} checkpoints)" if r["checkpoint_bytes"] else "")
-        timing = (f"{r['step_s']:.1f} s, then {r['next_step_s'] or r['step_s']:.2f} s" if r["steps"] else "-")
+        timing = ("-" if not r["steps"] else f"{r['step_s']:.1f} s" if r["next_step_s"] is None
+                  else f"{r['step_s']:.1f} s, then {r['next_step_s']:.2f} s")
         checked = ", ".join(f"{full} {what}" for what, (full, _) in sorted(r["rows"].items(), reverse=True)) or "-"
         check += f"; judge {r['judge']} answered" if r.get("judge") and check == "ok" else ""
         lines.append(f"| {r['step']} | {devices} | {batch} | {_gib(r['memory']['peak_bytes'])} | {timing} | "
