@@ -20,7 +20,8 @@ SFT_ROWS = 1000  # tiny_math_sft's generated training set, cut so the test build
 @pytest.fixture(scope="module")
 def tiny_preflight(tmp_path_factory):
     out = tmp_path_factory.mktemp("preflight") / "tiny_math"
-    overrides = ["experiment=tiny_math", f"sft:data.sft_dataset.n={SFT_ROWS}", "rloo:max_steps=3"]
+    overrides = ["experiment=tiny_math", f"sft:data.sft_dataset.n={SFT_ROWS}", "rloo:max_steps=3",
+                 "bon:data.evaluate.batch_size=8"]
     return out, pipeline(overrides, preflight_dir=str(out))
 
 
@@ -36,8 +37,9 @@ def test_every_cell_runs_short_and_is_priced_for_its_whole_run(tiny_preflight):
     assert sft["next_step_s"] > 0 and sft["estimate_s"] > sft["wall_s"]  # 16 steps priced from the 2 run
     assert records["rloo"]["steps"] == 3  # stage.trainer.max_steps, as configured
     bon = records["sft_bon"]
-    assert bon["steps"] == 0 and bon["rows"]["eval"] == [500, preflight.EVAL_ROWS]
-    assert bon["evaluation_s"] > 0 and bon["estimate_s"] > bon["wall_s"]  # 500 problems priced from 4
+    assert bon["steps"] == 0 and bon["rows"]["eval"] == [500, 8]  # one evaluation batch (more than EVAL_ROWS)
+    assert bon["evaluation_s"] > 0 and bon["estimate_s"] > bon["wall_s"]  # 500 problems priced from 8
+    assert records["sft"]["rows"]["eval"] == [200, 100]  # countdown_tiny's evaluation batch: 100
     for r in records.values():
         assert r["devices"] and set(r["devices"].values()) == {"cpu"} and r["accelerator"] == "cpu"
     assert not any((out / name / "model").exists() for name in records)  # only the measurements stay

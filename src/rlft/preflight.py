@@ -6,7 +6,7 @@
 
 `rlft pipeline ... --preflight DIR` runs every step of the recipe in DIR, each through the user's
 code path (`rlft train`, the launcher if one is given) but cut short: the data loaded and checked in
-full, then `TRAIN_ROWS` training rows and `EVAL_ROWS` held-out items kept; one optimizer step (two
+full, then `TRAIN_ROWS` training rows and `EVAL_ROWS` held-out items (or one evaluation batch) kept; one optimizer step (two
 when the cell trains more than one) and the evaluation. Each step measures itself (this module,
 turned on by RLFT_PREFLIGHT in the environment, so launched processes measure too) and writes
 run_dir/preflight.json; the pipeline then prints one table and exits 1 when a cell failed, would not
@@ -50,12 +50,19 @@ def active() -> bool:
     return bool(os.environ.get(ENV))
 
 
-def start() -> None:
-    """At the start of a run: clear the last run's measurements and the GPU's peak."""
+def start(cfg) -> None:
+    """At the start of a run: clear the last run's measurements and the GPU's peak, and note the
+    evaluation's batch size (held-out items are kept to at least one full batch: a batch of 4 on a
+    GPU costs about what a full one does, so scaling its time by items would price it many times over)."""
     if not active():
         return
+    from omegaconf import OmegaConf
+
+    batch = OmegaConf.select(cfg, "data.evaluate.batch_size", default=None) or OmegaConf.select(
+        cfg, "stage.batch_size", default=None)
     _cell.clear()
-    _cell.update(started=time.perf_counter(), evaluation_s=0.0, depth=0, devices={}, rows={})
+    _cell.update(started=time.perf_counter(), evaluation_s=0.0, depth=0, devices={}, rows={},
+                 eval_batch=batch if isinstance(batch, int) else 0)
     import torch
 
     if torch.cuda.is_available():
@@ -64,11 +71,12 @@ def start() -> None:
 
 def cap(rows, what: str):
     """`rows` (a datasets.Dataset or list) cut to the pre-flight's handful: what="train" (the rows a
-    trainer trains on) or "eval" (held-out items: problems, prompts, pairs). The full count is kept
-    for the estimate. Returns `rows` unchanged outside a pre-flight."""
+    trainer trains on: TRAIN_ROWS) or "eval" (held-out items: problems, prompts, pairs: EVAL_ROWS, or
+    one evaluation batch if larger). The full count is kept for the estimate. Returns `rows`
+    unchanged outside a pre-flight."""
     if not active() or rows is None:
         return rows
-    keep = min(len(rows), TRAIN_ROWS if what == "train" else EVAL_ROWS)
+    keep = min(len(rows), TRAIN_ROWS if what == "train" else max(EVAL_ROWS, _cell["eval_batch"]))
     _cell["rows"][what] = [len(rows), keep]
     return rows.select(range(keep)) if hasattr(rows, "select") else rows[:keep]
 

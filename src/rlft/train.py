@@ -33,7 +33,7 @@ def train(overrides: list[str], config_dir: str | None = None, print_only: bool 
         raise UserError(f"config: {str(e).splitlines()[0]}") from None
     stage = importlib.import_module(f"rlft.stages.{cfg.stage.name}")
     with runcontrol.running(cfg):
-        preflight.start()  # rlft pipeline --preflight: this run measures itself (rlft.preflight)
+        preflight.start(cfg)  # rlft pipeline --preflight: this run measures itself (rlft.preflight)
         results, card = stage.main(cfg)
         rundir.finish(cfg, results, card)
         if rundir.is_main_process():
