@@ -65,14 +65,15 @@ def pipeline(overrides: list[str], config_dir: str | None = None, dry_run: bool 
     """
     tagged = [m.groups() for m in map(_TAGGED.fullmatch, overrides) if m]
     plain = [o for o in overrides if not _TAGGED.fullmatch(o)]
-    if preflight_dir:  # every step's run dir (and the inputs later steps read) under the pre-flight's dir
-        plain.append(f"run_dir={Path(preflight_dir).resolve()}")
+    # --preflight: every step's run dir (and the inputs later steps read) under the pre-flight's dir
+    moved = [f"run_dir={Path(preflight_dir).resolve()}"] if preflight_dir else []
     experiment = [o for o in plain if o.startswith("experiment=")]
     base = config.compose(experiment, config_dir)
     own = set(base) - set(config.compose([], config_dir))  # pipeline, report, a recipe's switches
     # the pipeline composes with its own keys and the root config's; a key only the steps know
     # (reward_model.format=flat) goes to the steps alone
-    cfg = config.compose([o for o in plain if o in experiment or _root_key(o) in own or _in(base, o)], config_dir)
+    cfg = config.compose([o for o in plain if o in experiment or _root_key(o) in own or _in(base, o)] + moved,
+                         config_dir)
     if not cfg.get("pipeline"):
         raise UserError("rlft pipeline needs an experiment with a `pipeline:` list of steps "
                         f"(e.g. experiment=tiny_math); got run_name={cfg.run_name!r}")
