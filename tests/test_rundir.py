@@ -380,14 +380,14 @@ def test_a_full_disk_is_told_apart_from_other_write_failures(tmp_path, monkeypat
     except RuntimeError as e:
         torch_error = e
     usage = namedtuple("usage", "total used free")
-    needed = rundir._tree_bytes(run_dir / "checkpoints" / "checkpoint-1")
+    needed = rundir.tree_bytes(run_dir / "checkpoints" / "checkpoint-1")
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, 10**12))  # room: another cause
     assert rundir.explain_write_failure(torch_error, run_dir) is None and partial.is_dir()
     assert rundir.explain_write_failure(ValueError("bad value"), run_dir) is None
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6, 0))
-    freed = rundir._tree_bytes(partial)  # free once the cut-off checkpoint is removed
+    freed = rundir.tree_bytes(partial)  # free once the cut-off checkpoint is removed
     error = rundir.explain_write_failure(torch_error, run_dir)
     assert str(error) == (f"no space left on device writing {partial} (needs about {rundir._size(needed)}, "
                           f"{rundir._size(freed)} free; the cut-off checkpoint was removed); "

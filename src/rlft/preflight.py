@@ -112,8 +112,9 @@ def placed(model, role: str | None = None):
 
 
 def callback(trainer):
-    """A TrainerCallback (runcontrol.fit adds it in a pre-flight): times the first optimizer step,
-    records the steps the whole cell would train, and stops training after that step."""
+    """A TrainerCallback (runcontrol.fit adds it in a pre-flight): times the first optimizer step and,
+    when the cell trains more than one, the second; records the steps the whole cell would train;
+    stops training there."""
     from transformers import TrainerCallback
 
     class Preflight(TrainerCallback):
@@ -147,6 +148,7 @@ def write(cfg, checkpoint_bytes: int | None) -> None:
         return
     import torch
 
+    from rlft import rundir
     from rlft.models import accelerator_device
 
     wall = time.perf_counter() - _cell["started"]
@@ -168,7 +170,7 @@ def write(cfg, checkpoint_bytes: int | None) -> None:
         "memory": memory, "wall_s": wall, "step_s": step, "next_step_s": _cell.get("next_step_s"), "steps": steps,
         "evaluation_s": evaluation, "rows": _cell["rows"],
         "estimate_s": other + (step + steady * (steps - 1) if steps else 0.0) + evaluation * scale,
-        "model_bytes": sum(_size(run_dir / d) for d in ("model", "adapter")),
+        "model_bytes": sum(rundir.tree_bytes(run_dir / d) for d in ("model", "adapter")),
         "checkpoint_bytes": (checkpoint_bytes or 0) * (trainer.get("save_total_limit") or 1) if steps else 0,
         "keep_checkpoints": bool(cfg.get("keep_checkpoints", True)),
         # the run reached DONE, so this judge answered every request it was sent
@@ -176,10 +178,6 @@ def write(cfg, checkpoint_bytes: int | None) -> None:
     }
     (run_dir / "preflight.json").write_text(json.dumps(record, indent=2) + "\n")
     _cell.clear()
-
-
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
 # --- the pipeline's side: the dir, the table, the verdict ---------------------------------------

@@ -523,7 +523,7 @@ def explain_write_failure(exc: BaseException, run_dir, after_training: bool = Fa
         path, needed = Path(os.environ.get("TENSORBOARD_LOGGING_DIR") or run_dir / "tensorboard"), None
     elif partial:
         path = partial[-1]
-        needed = _tree_bytes(complete[-1]) if complete else checkpoint_bytes
+        needed = tree_bytes(complete[-1]) if complete else checkpoint_bytes
     elif after_training:
         path, needed = run_dir / "model", weights_bytes
     else:
@@ -531,7 +531,7 @@ def explain_write_failure(exc: BaseException, run_dir, after_training: bool = Fa
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    free = shutil.disk_usage(probe).free + sum(_tree_bytes(c) for c in partial)  # once they are removed
+    free = shutil.disk_usage(probe).free + sum(tree_bytes(c) for c in partial)  # once they are removed
     if not no_space and (needed is None or free >= needed):
         return None  # a write failed with room to spare: not a full disk, keep the traceback
     removed = ""
@@ -550,7 +550,8 @@ def _raised_in(exc: BaseException, package: str) -> bool:
     return any(marker in frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
-def _tree_bytes(path: Path) -> int:
+def tree_bytes(path: Path) -> int:
+    """The bytes of every file under `path` (0 when it does not exist)."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
